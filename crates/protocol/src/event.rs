@@ -1,0 +1,231 @@
+//! The normalized events a runtime writes, one JSON object per line (DESIGN.md 4.2).
+//!
+//! An execution emits `start`, any number of `text` / `reasoning` / `usage` events, then exactly
+//! one terminal event, `end` or `error`. A warm runtime emits `ready` first.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorKind, Provider};
+
+/// One line of runtime output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A warm runtime finished start-up and waits for its job.
+    Ready,
+    /// The execution began.
+    Start {
+        execution_id: String,
+        user_id: String,
+        provider: Provider,
+        model: String,
+    },
+    /// A piece of the answer, in order.
+    Text { text: String },
+    /// A piece of the model's reasoning / thinking summary, kept apart from the answer.
+    Reasoning { text: String },
+    /// Token usage so far; may repeat, the last one wins.
+    Usage(Usage),
+    /// Terminal: success.
+    End {
+        finish_reason: FinishReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw_finish_reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttft_ms: Option<u64>,
+        duration_ms: u64,
+    },
+    /// Terminal: failure.
+    Error(ErrorEvent),
+}
+
+impl Event {
+    /// `end` and `error` end an execution; nothing follows them.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::End { .. } | Event::Error(_))
+    }
+
+    /// The wire name of the event type (`text`, `end`, …), as used for SSE `event:` lines.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Ready => "ready",
+            Event::Start { .. } => "start",
+            Event::Text { .. } => "text",
+            Event::Reasoning { .. } => "reasoning",
+            Event::Usage(_) => "usage",
+            Event::End { .. } => "end",
+            Event::Error(_) => "error",
+        }
+    }
+
+    /// The exit code a runtime uses after this terminal event (`None` for non-terminal ones).
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Event::End { .. } => Some(crate::EXIT_SUCCESS),
+            Event::Error(e) => e.kind.exit_code(),
+            _ => None,
+        }
+    }
+}
+
+/// Token counts as reported by the provider. Optional details are present only when the
+/// provider reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// All prompt tokens, including cached ones.
+    pub input_tokens: u64,
+    /// All generated tokens, including reasoning tokens.
+    pub output_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
+}
+
+/// Why generation stopped, normalized across providers. The provider's own value travels in
+/// `raw_finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ContentFilter,
+    ToolCalls,
+    Other,
+}
+
+/// A terminal failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEvent {
+    pub kind: ErrorKind,
+    /// The upstream HTTP status, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub retryable: bool,
+    /// How long the provider asked us to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// A human-readable message; never contains the credential.
+    pub message: String,
+    /// Output had already been emitted when the error happened.
+    #[serde(default)]
+    pub partial: bool,
+}
+
+impl ErrorEvent {
+    /// An error of `kind` with that kind's default retry verdict.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorEvent {
+            kind,
+            status: None,
+            retryable: kind.is_retryable_by_default(),
+            retry_after_ms: None,
+            message: message.into(),
+            partial: false,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn round_trip(event: &Event) -> Event {
+        let line = serde_json::to_string(event).unwrap();
+        assert!(!line.contains('\n'), "NDJSON must be one line: {line}");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn every_event_round_trips() {
+        let events = [
+            Event::Ready,
+            Event::Start {
+                execution_id: "ex_1".into(),
+                user_id: "u".into(),
+                provider: Provider::Anthropic,
+                model: "claude-haiku-4-5".into(),
+            },
+            Event::Text {
+                text: "héllo\n\u{2028}😀".into(),
+            },
+            Event::Reasoning { text: "hm".into() },
+            Event::Usage(Usage {
+                input_tokens: 12,
+                output_tokens: 40,
+                reasoning_tokens: Some(3),
+                ..Usage::default()
+            }),
+            Event::End {
+                finish_reason: FinishReason::Stop,
+                raw_finish_reason: Some("end_turn".into()),
+                ttft_ms: Some(180),
+                duration_ms: 2400,
+            },
+            Event::Error(ErrorEvent {
+                kind: ErrorKind::RateLimited,
+                status: Some(429),
+                retryable: true,
+                retry_after_ms: Some(2000),
+                message: "slow down".into(),
+                partial: false,
+            }),
+        ];
+        for e in &events {
+            assert_eq!(&round_trip(e), e);
+        }
+    }
+
+    #[test]
+    fn wire_shapes_match_the_design() {
+        let usage = Event::Usage(Usage {
+            input_tokens: 12,
+            output_tokens: 40,
+            ..Usage::default()
+        });
+        assert_eq!(
+            serde_json::to_string(&usage).unwrap(),
+            r#"{"type":"usage","input_tokens":12,"output_tokens":40}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Event::Ready).unwrap(),
+            r#"{"type":"ready"}"#
+        );
+        let end = Event::End {
+            finish_reason: FinishReason::ContentFilter,
+            raw_finish_reason: None,
+            ttft_ms: None,
+            duration_ms: 5,
+        };
+        assert_eq!(
+            serde_json::to_string(&end).unwrap(),
+            r#"{"type":"end","finish_reason":"content_filter","duration_ms":5}"#
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let e: Event =
+            serde_json::from_str(r#"{"type":"text","text":"a","execution_id":"x","seq":3}"#)
+                .unwrap();
+        assert_eq!(e, Event::Text { text: "a".into() });
+        let e: Event = serde_json::from_str(
+            r#"{"type":"error","kind":"timeout","retryable":true,"message":"m","future":1}"#,
+        )
+        .unwrap();
+        assert!(e.is_terminal());
+        assert_eq!(e.exit_code(), Some(75));
+    }
+
+    #[test]
+    fn terminal_events_and_exit_codes() {
+        assert!(!Event::Ready.is_terminal());
+        assert_eq!(Event::Text { text: "x".into() }.exit_code(), None);
+        let cancelled = Event::Error(ErrorEvent::new(ErrorKind::Cancelled, "stopped"));
+        assert_eq!(cancelled.exit_code(), Some(130));
+        assert_eq!(cancelled.type_name(), "error");
+    }
+}
