@@ -1,1 +1,342 @@
-fn main() {}
+//! `polydev-runtime`: runs exactly one LLM streaming execution for one user against one
+//! provider (OpenAI, Anthropic or Google Gemini), writes normalized events, and exits with a
+//! code that says how it ended (DESIGN.md 4).
+//!
+//! The binary is deliberately small and dependency-light: it is the unit of isolation, one per
+//! call, so its size, memory and start-up time are multiplied by the number of users.
+
+mod config;
+mod execute;
+mod output;
+mod transport;
+
+use std::process::ExitCode;
+
+use polydev_protocol::{ErrorEvent, ErrorKind, Event, Job};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::sync::watch;
+
+use crate::config::{OutputMode, ProcessEnv, Settings};
+use crate::execute::{Cancel, Outcome, Plan};
+use crate::output::{Output, diag};
+use crate::transport::Transport;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const HELP: &str = "\
+polydev-runtime: run one LLM streaming execution and exit
+
+USAGE:
+    polydev-runtime                 job from the environment (or WARM_POOL=true: from stdin)
+    polydev-runtime run --job -     job as one JSON line on stdin
+    polydev-runtime run --job FILE  job as one JSON line in FILE
+    polydev-runtime --version       version and provider adapters
+    polydev-runtime --help          this text
+
+JOB (environment):
+    PROVIDER                 openai | anthropic | google (gemini is an alias)      [required]
+    OPENAI_API_KEY           credential for openai                                [one required]
+    ANTHROPIC_API_KEY        credential for anthropic
+    GOOGLE_API_KEY           credential for google (GEMINI_API_KEY is an alias)
+    <any key var>_FILE       path to a file holding the key (keeps it out of the env)
+    PROMPT                   the user prompt
+    MESSAGES                 instead of PROMPT: JSON array of {\"role\",\"content\"} turns
+    SYSTEM                   system prompt
+    MODEL                    model id (default per provider: see --version)
+    MAX_TOKENS, TEMPERATURE  generation parameters
+    USER_ID                  who this runs for (echoed, never used for auth; default \"unknown\")
+    EXECUTION_ID             id echoed in the start event (default: generated)
+
+SETTINGS (environment, every mode):
+    OPENAI_BASE_URL          default https://api.openai.com/v1 (includes /v1, as the SDK)
+    ANTHROPIC_BASE_URL       default https://api.anthropic.com
+    GOOGLE_BASE_URL          default https://generativelanguage.googleapis.com
+    EXTRA_CA_CERTS           PEM file of extra trusted CAs (added to the bundled roots)
+    OUTPUT                   ndjson (default: one event per line) | text (just the answer)
+    CONNECT_TIMEOUT_MS       DNS + TCP + TLS                  (default 10000)
+    FIRST_TOKEN_TIMEOUT_MS   request to first text/reasoning  (default 120000)
+    IDLE_TIMEOUT_MS          longest gap between stream bytes (default 60000)
+    TOTAL_TIMEOUT_MS         whole execution                  (default 600000)
+    MAX_ATTEMPTS             attempts before output, retryable errors only (default 3)
+    MAX_RETRY_WAIT_MS        total wait between attempts      (default 30000)
+    WARM_POOL                true: emit {\"type\":\"ready\"}, then read one job line on stdin
+
+OUTPUT (ndjson): start, text/reasoning deltas, usage, then exactly one end or error event.
+
+EXIT CODES:
+    0 success   64 config   65 bad_request, not_found, blocked   70 internal
+    75 rate_limited, overloaded, upstream, timeout   76 protocol   77 auth, permission
+    130 cancelled (SIGTERM/SIGINT)
+";
+
+/// What the command line asked for.
+enum Command {
+    Help,
+    Version,
+    /// Job from the environment (or stdin when WARM_POOL=true).
+    Env,
+    /// Job from a JSON line on stdin (`-`) or in a file.
+    JobLine(String),
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    match args {
+        [] => Ok(Command::Env),
+        [a] if a == "--help" || a == "-h" || a == "help" => Ok(Command::Help),
+        [a] if a == "--version" || a == "-V" || a == "version" => Ok(Command::Version),
+        [run] if run == "run" => Ok(Command::Env),
+        [run, flag, src] if run == "run" && flag == "--job" => Ok(Command::JobLine(src.clone())),
+        _ => Err(format!(
+            "unexpected arguments {:?}; see polydev-runtime --help",
+            args.join(" ")
+        )),
+    }
+}
+
+fn version_text() -> String {
+    let mut s = format!("polydev-runtime {VERSION}\nproviders:");
+    for p in polydev_protocol::Provider::ALL {
+        s.push_str(&format!(
+            "\n  {:<10} default model {}",
+            p.as_str(),
+            polydev_providers::default_model(p)
+        ));
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(c) => c,
+        Err(msg) => {
+            diag(&msg);
+            return exit(ErrorKind::Config.exit_code());
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{}", version_text());
+            return ExitCode::SUCCESS;
+        }
+        Command::Env | Command::JobLine(_) => {}
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Only DNS resolution and stdin use blocking threads.
+        .max_blocking_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            diag(&format!("cannot start: {e}"));
+            return exit(ErrorKind::Internal.exit_code());
+        }
+    };
+    let code = runtime.block_on(run(command));
+    // Do not wait for a blocking stdin read that may never return.
+    runtime.shutdown_background();
+    exit(code)
+}
+
+fn exit(code: Option<i32>) -> ExitCode {
+    ExitCode::from(u8::try_from(code.unwrap_or(70)).unwrap_or(70))
+}
+
+async fn run(command: Command) -> Option<i32> {
+    let settings = Settings::from_env(&ProcessEnv);
+    let mode = settings
+        .as_ref()
+        .map(|s| s.output)
+        .unwrap_or(OutputMode::Ndjson);
+    let mut out = Output::stdout(mode);
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => return fail_config(&mut out, &e.0),
+    };
+    let mut cancel = install_signal_handlers();
+    // TLS set-up happens before the job arrives: warm runtimes pay it before `ready`.
+    let transport = match Transport::new(settings.extra_ca_certs.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return fail_config(&mut out, &e.to_string()),
+    };
+
+    let mut warnings = Vec::new();
+    let job = match command {
+        Command::Env if settings.warm => {
+            if out.emit(&Event::Ready).is_err() {
+                return ErrorKind::Cancelled.exit_code();
+            }
+            match wait_for_job_line(&mut cancel).await {
+                // Stopped or stdin closed before any job: a clean, silent exit.
+                None => return Some(polydev_protocol::EXIT_SUCCESS),
+                Some(Err(msg)) => return fail_config(&mut out, &msg),
+                Some(Ok(line)) => parse_job(&line, &mut warnings),
+            }
+        }
+        Command::Env => config::job_from_env(&ProcessEnv, &mut warnings).map_err(|e| e.0),
+        Command::JobLine(src) => match read_job_source(&src).await {
+            Ok(line) => parse_job(&line, &mut warnings),
+            Err(msg) => Err(msg),
+        },
+        Command::Help | Command::Version => return Some(0),
+    };
+    let job = match job {
+        Ok(j) => j,
+        Err(msg) => return fail_config(&mut out, &msg),
+    };
+    for w in &warnings {
+        diag(&format!("warning: {w}"));
+    }
+
+    let plan = Plan {
+        execution_id: job.execution_id.clone().unwrap_or_else(new_execution_id),
+        user_id: job.user_id.clone().unwrap_or_else(|| "unknown".to_owned()),
+        model: job
+            .model
+            .clone()
+            .unwrap_or_else(|| polydev_providers::default_model(job.provider).to_owned()),
+        base_url: settings.base_url(&job),
+        timeouts: settings.timeouts(&job),
+        retry: settings.retry,
+        limits: polydev_sse::Limits::default(),
+        job: &job,
+    };
+    // Everything that can be checked without network I/O is checked before `start`.
+    if let Err(e) = polydev_providers::build_request(&job, &plan.model, &plan.base_url) {
+        return fail_config(&mut out, &e.to_string());
+    }
+    match execute::run(&plan, &transport, &mut out, &mut cancel).await {
+        Outcome::Terminal(ev) => ev.exit_code(),
+        Outcome::OutputClosed => ErrorKind::Cancelled.exit_code(),
+    }
+}
+
+fn parse_job(line: &str, warnings: &mut Vec<String>) -> Result<Job, String> {
+    let job = Job::from_json(line.trim()).map_err(|e| e.to_string())?;
+    config::check_job(&job, warnings).map_err(|e| e.0)?;
+    Ok(job)
+}
+
+/// A `config` failure: one line on stderr and, in NDJSON mode, the terminal error event.
+fn fail_config<W: std::io::Write>(out: &mut Output<W>, msg: &str) -> Option<i32> {
+    // Text mode reports the error on stderr itself when it is emitted.
+    if out.mode() == OutputMode::Ndjson {
+        diag(&format!("error (config): {msg}"));
+    }
+    let _ = out.emit(&Event::Error(ErrorEvent::new(ErrorKind::Config, msg)));
+    ErrorKind::Config.exit_code()
+}
+
+/// SIGTERM and SIGINT flip the returned watch to `true`.
+fn install_signal_handlers() -> Cancel {
+    let (tx, rx) = watch::channel(false);
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                let _ = tx.send(true);
+            });
+        }
+        _ => diag(
+            "warning: cannot install signal handlers; SIGTERM will kill without a cancel event",
+        ),
+    }
+    rx
+}
+
+/// Warm mode: one job line on stdin, or `None` when cancelled or stdin closes first.
+async fn wait_for_job_line(cancel: &mut Cancel) -> Option<Result<String, String>> {
+    tokio::select! {
+        biased;
+        _ = cancel.wait_for(|c| *c) => None,
+        r = read_line(tokio::io::stdin()) => match r {
+            Ok(None) => None,
+            Ok(Some(line)) => Some(Ok(line)),
+            Err(e) => Some(Err(e)),
+        },
+    }
+}
+
+async fn read_job_source(src: &str) -> Result<String, String> {
+    let line = if src == "-" {
+        read_line(tokio::io::stdin()).await?
+    } else {
+        let file = tokio::fs::File::open(src)
+            .await
+            .map_err(|e| format!("cannot open job file {src}: {e}"))?;
+        read_line(file).await?
+    };
+    line.ok_or_else(|| "no job: stdin ended before a job line".to_owned())
+}
+
+/// Reads one line (bounded); `Ok(None)` at EOF with nothing read.
+async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: R) -> Result<Option<String>, String> {
+    let limit = config::MAX_JOB_LINE_BYTES;
+    let mut reader = tokio::io::BufReader::new(r.take(limit as u64 + 1));
+    let mut buf = Vec::new();
+    let n = reader
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|e| format!("cannot read the job: {e}"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > limit {
+        return Err(format!("the job line is larger than {limit} bytes"));
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| "the job line is not valid UTF-8".to_owned())
+}
+
+fn new_execution_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("ex_{:x}{:05x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn command_line() {
+        assert!(matches!(parse_args(&args(&[])), Ok(Command::Env)));
+        assert!(matches!(
+            parse_args(&args(&["--version"])),
+            Ok(Command::Version)
+        ));
+        assert!(matches!(
+            parse_args(&args(&["run", "--job", "-"])),
+            Ok(Command::JobLine(s)) if s == "-"
+        ));
+        assert!(parse_args(&args(&["run", "--jobs", "-"])).is_err());
+        assert!(parse_args(&args(&["node", "-e", "x"])).is_err());
+    }
+
+    #[test]
+    fn version_lists_the_three_adapters() {
+        let v = version_text();
+        for p in ["openai", "anthropic", "google"] {
+            assert!(v.contains(p), "{v}");
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! Google Gemini: `POST /{v1beta,v1,v1alpha}/models/{model}:streamGenerateContent` and
+//! `:generateContent`.
+//!
+//! With `?alt=sse` a stream is `data: {GenerateContentResponse}\r\n\r\n` frames (CRLF, as in
+//! Google's own recordings) with no terminator: the last chunk carries `finishReason` and an
+//! empty-text part, every chunk carries a running `usageMetadata` snapshot, `modelVersion` and
+//! `responseId`. The JSON uses Google's spacing (`"key": value` with no space after commas).
+//! Without `alt=sse` the same objects form one JSON array streamed element by element, and
+//! errors are wrapped in an array too. Errors are `google.rpc.Status` bodies; retry hints live
+//! only in a `RetryInfo` detail, never in a header. A mid-stream error is a bare,
+//! pretty-printed JSON object with no `data:` prefix, as in the real capture.
+
+use bytes::Bytes;
+use http::Response;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::{Finish, Incoming, Plan, deliver_json, fixed, resolve};
+use crate::body::{ResponseBody, Script, Step};
+use crate::ids;
+use crate::router::percent_decode;
+use crate::scenario::Effective;
+use crate::text;
+
+const JSON: &str = "application/json; charset=UTF-8";
+const EVENT_STREAM: &str = "text/event-stream";
+
+/// Which Gemini method a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Stream,
+    Generate,
+}
+
+/// How the response body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `alt=sse`: SSE frames.
+    Sse,
+    /// `streamGenerateContent` without `alt=sse`: one incrementally streamed JSON array.
+    Array,
+    /// `generateContent`: one JSON object.
+    Single,
+}
+
+/// serde_json formatter reproducing Google's compact style: `"key": value`, `,` alone.
+struct GoogleCompact;
+
+impl serde_json::ser::Formatter for GoogleCompact {
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+fn google_compact(value: &impl Serialize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, GoogleCompact);
+    // Serialising these plain structs cannot fail.
+    let _ = value.serialize(&mut serializer);
+    out
+}
+
+fn pretty(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    error: StatusBody<'a>,
+}
+
+#[derive(Serialize)]
+struct StatusBody<'a> {
+    code: u16,
+    message: &'a str,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    details: Vec<Value>,
+}
+
+fn status_json(code: u16, message: &str, status: &str, details: Vec<Value>, wrap: bool) -> Vec<u8> {
+    let body = Status {
+        error: StatusBody {
+            code,
+            message,
+            status,
+            details,
+        },
+    };
+    if wrap {
+        let mut out = b"[".to_vec();
+        out.extend_from_slice(&pretty(&body));
+        out.extend_from_slice(b"\n]");
+        out
+    } else {
+        pretty(&body)
+    }
+}
+
+fn error_response(
+    code: u16,
+    message: &str,
+    status: &str,
+    details: Vec<Value>,
+    wrap: bool,
+) -> Response<ResponseBody> {
+    fixed(
+        code,
+        JSON,
+        status_json(code, message, status, details, wrap),
+    )
+}
+
+fn invalid_argument(message: &str, wrap: bool) -> Response<ResponseBody> {
+    let details = vec![json!({
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [{"description": message}],
+    })];
+    error_response(400, message, "INVALID_ARGUMENT", details, wrap)
+}
+
+/// The 404 for an unknown URL or method.
+pub(crate) fn not_found(path: &str) -> Response<ResponseBody> {
+    let message = format!("The requested URL {path} was not found on this server.");
+    error_response(404, &message, "NOT_FOUND", Vec::new(), false)
+}
+
+/// The 413 for a body over the emulator's bound.
+pub(crate) fn too_large(limit: usize) -> Response<ResponseBody> {
+    let message = format!("Request payload size exceeds the limit: {limit} bytes.");
+    error_response(413, &message, "INVALID_ARGUMENT", Vec::new(), false)
+}
+
+/// A protobuf JSON duration: `2s`, `1.500s`.
+fn proto_duration(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v, true))
+}
+
+/// A field under either its proto JSON (camelCase) or its proto (snake_case) name.
+fn field<'a>(object: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
+    object.get(camel).or_else(|| object.get(snake))
+}
+
+/// Top-level request fields the real API accepts (both spellings); anything else is a 400.
+const KNOWN_FIELDS: &[&str] = &[
+    "contents",
+    "model",
+    "systemInstruction",
+    "system_instruction",
+    "tools",
+    "toolConfig",
+    "tool_config",
+    "safetySettings",
+    "safety_settings",
+    "generationConfig",
+    "generation_config",
+    "cachedContent",
+    "cached_content",
+    "serviceTier",
+    "service_tier",
+    "labels",
+    "store",
+];
+
+/// `POST /{version}/models/{model}:{method}`.
+pub(crate) async fn generate(
+    inc: Incoming<'_>,
+    model: &str,
+    method: Method,
+) -> Response<ResponseBody> {
+    let framing = match method {
+        Method::Generate => Framing::Single,
+        Method::Stream if query_param(inc.query, "alt").as_deref() == Some("sse") => Framing::Sse,
+        Method::Stream => Framing::Array,
+    };
+    let wrap = framing == Framing::Array;
+    let key = inc
+        .headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(inc.query, "key"))
+        .filter(|k| !k.trim().is_empty());
+    match key {
+        None => {
+            return error_response(
+                403,
+                "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+                "PERMISSION_DENIED",
+                Vec::new(),
+                wrap,
+            );
+        }
+        Some(k) if k.contains("invalid") => {
+            let message = "API key not valid. Please pass a valid API key.";
+            let details = vec![
+                json!({
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }),
+                json!({
+                    "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                    "locale": "en-US",
+                    "message": message,
+                }),
+            ];
+            return error_response(400, message, "INVALID_ARGUMENT", details, wrap);
+        }
+        Some(_) => {}
+    }
+    let body = match serde_json::from_slice::<Value>(&inc.body) {
+        Ok(Value::Object(body)) => body,
+        Ok(_) => {
+            return invalid_argument(
+                "Invalid JSON payload received. Expected an object at the top level.",
+                wrap,
+            );
+        }
+        Err(_) => {
+            return invalid_argument("Invalid JSON payload received. Unexpected token.", wrap);
+        }
+    };
+    if let Some(unknown) = body.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+        let message = format!(
+            "Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."
+        );
+        return invalid_argument(&message, wrap);
+    }
+    let contents = match body.get("contents") {
+        Some(Value::Array(c)) if !c.is_empty() => c,
+        Some(Value::Array(_)) | None | Some(Value::Null) => {
+            return error_response(
+                400,
+                "* GenerateContentRequest.contents: contents is not specified\n",
+                "INVALID_ARGUMENT",
+                Vec::new(),
+                wrap,
+            );
+        }
+        Some(_) => {
+            return invalid_argument(
+                "Invalid value at 'contents' (type.googleapis.com/google.ai.generativelanguage.v1beta.Content), expected a list",
+                wrap,
+            );
+        }
+    };
+    let config = field(&body, "generationConfig", "generation_config").and_then(Value::as_object);
+    let limit = config
+        .and_then(|c| field(c, "maxOutputTokens", "max_output_tokens"))
+        .and_then(Value::as_u64);
+    let include_thoughts = config
+        .and_then(|c| field(c, "thinkingConfig", "thinking_config"))
+        .and_then(Value::as_object)
+        .and_then(|t| field(t, "includeThoughts", "include_thoughts"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+
+    let mut texts = Vec::new();
+    let system = field(&body, "systemInstruction", "system_instruction");
+    for content in contents.iter().chain(system) {
+        if let Some(Value::Array(parts)) = content.get("parts") {
+            texts.extend(
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str)),
+            );
+        }
+    }
+    let input_tokens = super::input_tokens(texts);
+
+    let scenario = resolve(inc.shared, model);
+    tokio::time::sleep(scenario.ttfb).await;
+    if let Some(status) = scenario.err {
+        return injected_error(status, &scenario, model, wrap);
+    }
+    let plan = Plan::new(model, &scenario, input_tokens, limit);
+    let response_id = ids::gemini_response_id();
+    match framing {
+        Framing::Single => {
+            let body = pretty(&single_response(&plan, &response_id, include_thoughts));
+            deliver_json(&scenario, &plan, JSON, body, || {
+                error_response(503, OVERLOADED, "UNAVAILABLE", Vec::new(), false)
+            })
+            .await
+        }
+        Framing::Sse | Framing::Array => {
+            let script =
+                GeminiScript::new(plan, response_id, include_thoughts, framing == Framing::Sse);
+            let content_type = if framing == Framing::Sse {
+                EVENT_STREAM
+            } else {
+                JSON
+            };
+            super::streaming(inc.shared, &scenario, content_type, Box::new(script))
+        }
+    }
+}
+
+const OVERLOADED: &str = "The model is overloaded. Please try again later.";
+
+/// The `err{STATUS}` knob. Gemini has no 529: it is answered as 503 UNAVAILABLE.
+fn injected_error(
+    status: u16,
+    scenario: &Effective,
+    model: &str,
+    wrap: bool,
+) -> Response<ResponseBody> {
+    let status = if status == 529 { 503 } else { status };
+    let not_found;
+    let (message, canonical): (&str, &str) = match status {
+        400 => ("Request contains an invalid argument.", "INVALID_ARGUMENT"),
+        401 => (
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+            "UNAUTHENTICATED",
+        ),
+        403 => ("The caller does not have permission", "PERMISSION_DENIED"),
+        404 => {
+            not_found = format!(
+                "models/{model} is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods."
+            );
+            (not_found.as_str(), "NOT_FOUND")
+        }
+        413 => (
+            "Request payload size exceeds the limit: 20971520 bytes.",
+            "INVALID_ARGUMENT",
+        ),
+        429 => (
+            "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+            "RESOURCE_EXHAUSTED",
+        ),
+        500 => (
+            "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+            "INTERNAL",
+        ),
+        502 => ("Bad Gateway", "UNAVAILABLE"),
+        503 => (OVERLOADED, "UNAVAILABLE"),
+        504 => (
+            "Deadline expired before operation could complete.",
+            "DEADLINE_EXCEEDED",
+        ),
+        s if s >= 500 => ("Internal error encountered.", "INTERNAL"),
+        _ => ("Request contains an invalid argument.", "INVALID_ARGUMENT"),
+    };
+    let mut details = Vec::new();
+    if status == 429 {
+        details.push(json!({
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                "quotaDimensions": {"location": "global", "model": model},
+                "quotaValue": "10",
+            }],
+        }));
+        details.push(json!({
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [{
+                "description": "Learn more about Gemini API quotas",
+                "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+            }],
+        }));
+    }
+    if matches!(status, 429 | 503) && scenario.retry_ms > 0 {
+        details.push(json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": proto_duration(scenario.retry_ms),
+        }));
+    }
+    error_response(status, message, canonical, details, wrap)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_feedback: Option<PromptFeedback>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidates: Option<[Candidate<'a>; 1]>,
+    usage_metadata: UsageMetadata,
+    model_version: &'a str,
+    response_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate<'a> {
+    content: Content<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<&'static str>,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct Content<'a> {
+    parts: Vec<Part<'a>>,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Part<'a> {
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought_signature: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    prompt_token_count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidates_token_count: Option<usize>,
+    total_token_count: usize,
+    prompt_tokens_details: [ModalityCount; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thoughts_token_count: Option<usize>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModalityCount {
+    modality: &'static str,
+    token_count: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    block_reason: &'static str,
+    safety_ratings: [SafetyRating; 4],
+}
+
+#[derive(Serialize)]
+struct SafetyRating {
+    category: &'static str,
+    probability: &'static str,
+}
+
+fn usage(prompt: usize, candidates: usize, thoughts: usize) -> UsageMetadata {
+    UsageMetadata {
+        prompt_token_count: prompt,
+        candidates_token_count: (candidates > 0).then_some(candidates),
+        total_token_count: prompt + candidates + thoughts,
+        prompt_tokens_details: [ModalityCount {
+            modality: "TEXT",
+            token_count: prompt,
+        }],
+        thoughts_token_count: (thoughts > 0).then_some(thoughts),
+    }
+}
+
+fn safety_block() -> PromptFeedback {
+    let rating = |category, probability| SafetyRating {
+        category,
+        probability,
+    };
+    PromptFeedback {
+        block_reason: "SAFETY",
+        safety_ratings: [
+            rating("HARM_CATEGORY_SEXUALLY_EXPLICIT", "NEGLIGIBLE"),
+            rating("HARM_CATEGORY_HATE_SPEECH", "HIGH"),
+            rating("HARM_CATEGORY_HARASSMENT", "NEGLIGIBLE"),
+            rating("HARM_CATEGORY_DANGEROUS_CONTENT", "NEGLIGIBLE"),
+        ],
+    }
+}
+
+fn finish_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Length => "MAX_TOKENS",
+        Finish::Stop | Finish::Blocked => "STOP",
+    }
+}
+
+/// A recognisable, valid base64 `thoughtSignature` (Gemini sends opaque bytes).
+const THOUGHT_SIGNATURE: &str = "cG9seWRldi1lbXVsYXRvciB0aG91Z2h0IHNpZ25hdHVyZQ==";
+
+fn single_response<'a>(
+    plan: &'a Plan,
+    response_id: &'a str,
+    include_thoughts: bool,
+) -> SingleResponse<'a> {
+    let thoughts = text::reasoning_text(plan.reasoning);
+    let answer = text::answer_text(plan.answer);
+    SingleResponse {
+        plan,
+        response_id,
+        thoughts: (include_thoughts && plan.reasoning > 0).then_some(thoughts),
+        answer,
+    }
+}
+
+/// Owns the texts of a non-streaming answer so the borrowed chunk can be built at serialise
+/// time.
+struct SingleResponse<'a> {
+    plan: &'a Plan,
+    response_id: &'a str,
+    thoughts: Option<String>,
+    answer: String,
+}
+
+impl Serialize for SingleResponse<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let plan = self.plan;
+        let usage = usage(plan.input_tokens, plan.answer, plan.reasoning);
+        if plan.finish == Finish::Blocked {
+            let chunk = Chunk {
+                prompt_feedback: Some(safety_block()),
+                candidates: None,
+                usage_metadata: usage,
+                model_version: &plan.model,
+                response_id: self.response_id,
+            };
+            return chunk.serialize(serializer);
+        }
+        let mut parts = Vec::new();
+        if let Some(thoughts) = &self.thoughts {
+            parts.push(Part {
+                text: thoughts,
+                thought: Some(true),
+                thought_signature: None,
+            });
+        }
+        parts.push(Part {
+            text: &self.answer,
+            thought: None,
+            thought_signature: (plan.reasoning > 0).then_some(THOUGHT_SIGNATURE),
+        });
+        let chunk = Chunk {
+            prompt_feedback: None,
+            candidates: Some([Candidate {
+                content: Content {
+                    parts,
+                    role: "model",
+                },
+                finish_reason: Some(finish_reason(plan.finish)),
+                index: 0,
+            }]),
+            usage_metadata: usage,
+            model_version: &plan.model,
+            response_id: self.response_id,
+        };
+        chunk.serialize(serializer)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Thoughts(usize),
+    Answer(usize),
+    Final,
+    Close,
+    Over,
+}
+
+struct GeminiScript {
+    plan: Plan,
+    response_id: String,
+    include_thoughts: bool,
+    sse: bool,
+    first_frame: bool,
+    stage: Stage,
+}
+
+impl GeminiScript {
+    fn new(plan: Plan, response_id: String, include_thoughts: bool, sse: bool) -> GeminiScript {
+        GeminiScript {
+            plan,
+            response_id,
+            include_thoughts,
+            sse,
+            first_frame: true,
+            stage: Stage::Thoughts(0),
+        }
+    }
+
+    fn text_chunk(
+        &mut self,
+        part: Part<'_>,
+        finish: Option<&'static str>,
+        usage: UsageMetadata,
+    ) -> Bytes {
+        let chunk = Chunk {
+            prompt_feedback: None,
+            candidates: Some([Candidate {
+                content: Content {
+                    parts: vec![part],
+                    role: "model",
+                },
+                finish_reason: finish,
+                index: 0,
+            }]),
+            usage_metadata: usage,
+            model_version: &self.plan.model,
+            response_id: &self.response_id,
+        };
+        frame(self.sse, &mut self.first_frame, &chunk)
+    }
+}
+
+/// One chunk on the wire: an SSE frame, or an element of the streamed JSON array.
+fn frame(sse: bool, first_frame: &mut bool, chunk: &Chunk<'_>) -> Bytes {
+    if sse {
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(&google_compact(chunk));
+        out.extend_from_slice(b"\r\n\r\n");
+        return Bytes::from(out);
+    }
+    let mut out = array_separator(first_frame);
+    out.extend_from_slice(&pretty(chunk));
+    Bytes::from(out)
+}
+
+/// `[` before the first element of the streamed array, `,` + CRLF before the others.
+fn array_separator(first_frame: &mut bool) -> Vec<u8> {
+    if std::mem::replace(first_frame, false) {
+        b"[".to_vec()
+    } else {
+        b",\r\n".to_vec()
+    }
+}
+
+impl Script for GeminiScript {
+    fn next_step(&mut self) -> Option<Step> {
+        let prompt = self.plan.input_tokens;
+        let reasoning = self.plan.reasoning;
+        loop {
+            match self.stage {
+                Stage::Thoughts(_) if self.plan.finish == Finish::Blocked => {
+                    self.stage = Stage::Close;
+                    let chunk = Chunk {
+                        prompt_feedback: Some(safety_block()),
+                        candidates: None,
+                        usage_metadata: usage(prompt, 0, 0),
+                        model_version: &self.plan.model,
+                        response_id: &self.response_id,
+                    };
+                    let frame = frame(self.sse, &mut self.first_frame, &chunk);
+                    return Some(Step::End(frame));
+                }
+                Stage::Thoughts(i) if i < reasoning => {
+                    if !self.include_thoughts {
+                        self.stage = Stage::Answer(0);
+                        return Some(Step::Think(reasoning));
+                    }
+                    self.stage = Stage::Thoughts(i + 1);
+                    let token = text::reasoning_token(i);
+                    let part = Part {
+                        text: &token,
+                        thought: Some(true),
+                        thought_signature: None,
+                    };
+                    let frame = self.text_chunk(part, None, usage(prompt, 0, i + 1));
+                    return Some(Step::Content(frame));
+                }
+                Stage::Thoughts(_) => self.stage = Stage::Answer(0),
+                Stage::Answer(i) if i < self.plan.answer => {
+                    self.stage = Stage::Answer(i + 1);
+                    let token = text::answer_token(i);
+                    let part = Part {
+                        text: &token,
+                        thought: None,
+                        thought_signature: None,
+                    };
+                    let frame = self.text_chunk(part, None, usage(prompt, i + 1, reasoning));
+                    return Some(Step::Content(frame));
+                }
+                Stage::Answer(_) => self.stage = Stage::Final,
+                Stage::Final => {
+                    self.stage = Stage::Close;
+                    let part = Part {
+                        text: "",
+                        thought: None,
+                        thought_signature: (reasoning > 0).then_some(THOUGHT_SIGNATURE),
+                    };
+                    let finish = finish_reason(self.plan.finish);
+                    let frame = self.text_chunk(
+                        part,
+                        Some(finish),
+                        usage(prompt, self.plan.answer, reasoning),
+                    );
+                    return Some(Step::End(frame));
+                }
+                Stage::Close => {
+                    self.stage = Stage::Over;
+                    if !self.sse {
+                        return Some(Step::End(Bytes::from_static(b"\n]")));
+                    }
+                }
+                Stage::Over => return None,
+            }
+        }
+    }
+
+    fn mid_error(&mut self) -> Bytes {
+        let error = status_json(503, OVERLOADED, "UNAVAILABLE", Vec::new(), false);
+        let mut out = if self.sse {
+            Vec::new()
+        } else {
+            array_separator(&mut self.first_frame)
+        };
+        out.extend_from_slice(&error);
+        out.extend_from_slice(if self.sse { b"\n" } else { b"\n]" });
+        Bytes::from(out)
+    }
+
+    fn keep_alive(&self) -> Bytes {
+        // Gemini sends no keep-alives. A bare line break is harmless to both SDKs (an SSE
+        // comment would not be: python-genai buffers non-`data:` lines as JSON).
+        if self.sse {
+            Bytes::from_static(b"\r\n")
+        } else {
+            Bytes::from_static(b"\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_param(Some("alt=sse&key=a%2Bb+c"), "key").as_deref(),
+            Some("a+b c")
+        );
+        assert_eq!(query_param(Some("alt=sse"), "key"), None);
+        assert_eq!(query_param(Some("key"), "key").as_deref(), Some(""));
+        assert_eq!(percent_decode("%", true), "%");
+        assert_eq!(percent_decode("%4", true), "%4");
+        assert_eq!(percent_decode("%zz", true), "%zz");
+        assert_eq!(percent_decode("a+%C3%A9", false), "a+é");
+    }
+
+    #[test]
+    fn durations_are_protobuf_json() {
+        assert_eq!(proto_duration(2000), "2s");
+        assert_eq!(proto_duration(1500), "1.500s");
+        assert_eq!(proto_duration(0), "0s");
+    }
+
+    #[test]
+    fn compact_style_matches_google() {
+        let out = google_compact(&usage(3, 1, 0));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"promptTokenCount": 3,"candidatesTokenCount": 1,"totalTokenCount": 4,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 3}]}"#
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! The streaming HTTP request for a job, one builder per provider.
+//!
+//! This is where each provider's request conventions live: URL layout relative to the SDK-style
+//! base URL, auth header, required headers and body fields (OpenAI `stream_options` and
+//! `max_completion_tokens` for reasoning models; Anthropic's required `max_tokens` and
+//! `anthropic-version`; Gemini's `alt=sse`, `contents`/`systemInstruction`/`generationConfig`).
+//! The result is a plain [`http::Request`] so the transport stays provider-agnostic.
+//!
+//! The key travels only in a header marked sensitive (never in the URL, where it would leak
+//! into proxy and server logs), and model ids are percent-encoded where they enter a URL path.
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http::{Method, Request, Uri};
+use polydev_protocol::{ApiKey, Job, Provider, Role};
+use serde_json::{Map, Value, json};
+
+use crate::DEFAULT_ANTHROPIC_MAX_TOKENS;
+
+/// The Anthropic API version every request pins (the SDKs still send this one).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Why a request could not be built. All are configuration problems (`config`, exit 64); no
+/// message contains the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid model id {model:?}: {reason}")]
+    InvalidModel { model: String, reason: &'static str },
+    #[error("invalid base URL: {0}")]
+    InvalidBaseUrl(&'static str),
+    #[error("no conversation: the job has no user or assistant turn")]
+    EmptyConversation,
+    #[error("the API key contains characters that cannot be sent in an HTTP header")]
+    InvalidKey,
+    #[error("invalid {field}: {reason}")]
+    InvalidParameter { field: &'static str, reason: String },
+}
+
+/// Builds the streaming request (POST, JSON body) for `job` against `model` at `base_url`.
+///
+/// `base_url` follows each official SDK's convention: OpenAI's includes `/v1`
+/// (`https://api.openai.com/v1`), Anthropic's and Gemini's do not. A trailing slash is
+/// tolerated, and for Gemini (and Anthropic) a base URL that already ends in an API version
+/// segment (`/v1beta`, `/v1`) gets no second one.
+pub fn build_request(job: &Job, model: &str, base_url: &str) -> Result<Request<Bytes>, BuildError> {
+    let base = normalize_base(base_url)?;
+    let conv = Conversation::from_job(job)?;
+    if let Some(t) = job.temperature
+        && !t.is_finite()
+    {
+        return Err(BuildError::InvalidParameter {
+            field: "temperature",
+            reason: "must be a finite number".into(),
+        });
+    }
+    let model = check_model(model)?;
+    let key = &job.credentials.api_key;
+    let (url, body, auth) = match job.provider {
+        Provider::OpenAi => (
+            format!("{base}/chat/completions"),
+            openai_body(job, model, &conv),
+            auth_header(AUTHORIZATION, "Bearer ", key)?,
+        ),
+        Provider::Anthropic => (
+            format!("{}/messages", with_version(base, "v1")),
+            anthropic_body(job, model, &conv),
+            auth_header(HeaderName::from_static("x-api-key"), "", key)?,
+        ),
+        Provider::Google => {
+            let model = model.strip_prefix("models/").unwrap_or(model);
+            let model = check_model(model)?;
+            (
+                format!(
+                    "{}/models/{}:streamGenerateContent?alt=sse",
+                    with_version(base, "v1beta"),
+                    encode_path_segment(model)
+                ),
+                gemini_body(job, model, &conv),
+                auth_header(HeaderName::from_static("x-goog-api-key"), "", key)?,
+            )
+        }
+    };
+    let uri = Uri::try_from(url).map_err(|_| BuildError::InvalidBaseUrl("not a valid URL"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(BuildError::InvalidBaseUrl("no host"));
+    }
+    let body = serde_json::to_vec(&body).map_err(|e| BuildError::InvalidParameter {
+        field: "body",
+        reason: e.to_string(),
+    })?;
+    let mut req = Request::new(Bytes::from(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    h.insert(auth.0, auth.1);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("polydev-runtime/", env!("CARGO_PKG_VERSION"))),
+    );
+    if job.provider == Provider::Anthropic {
+        h.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+    Ok(req)
+}
+
+/// Whether an OpenAI model rejects `max_tokens` and wants `max_completion_tokens`: the
+/// o-series (`o1`, `o3`, `o4-mini`, …) and GPT-5 onwards (`gpt-5*`, `gpt-6*`, …).
+pub fn uses_max_completion_tokens(model: &str) -> bool {
+    // Tolerate a routing prefix such as `openai/` (OpenAI-compatible routers).
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let b = m.as_bytes();
+    if b.len() >= 2 && b[0] == b'o' && b[1].is_ascii_digit() {
+        return true;
+    }
+    if let Some(rest) = m.strip_prefix("gpt-") {
+        let major: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        return major.parse::<u32>().is_ok_and(|n| n >= 5);
+    }
+    false
+}
+
+/// The conversation in provider-neutral form: one system prompt (the job's `system` plus every
+/// `Role::System` turn, in order) and the user/assistant turns.
+struct Conversation<'a> {
+    system: Option<String>,
+    turns: Vec<(Role, &'a str)>,
+}
+
+impl<'a> Conversation<'a> {
+    fn from_job(job: &'a Job) -> Result<Self, BuildError> {
+        let mut system: Vec<&str> = Vec::new();
+        if let Some(s) = job.system.as_deref().filter(|s| !s.trim().is_empty()) {
+            system.push(s);
+        }
+        let mut turns = Vec::new();
+        match (&job.messages, &job.prompt) {
+            (Some(msgs), _) => {
+                for m in msgs {
+                    match m.role {
+                        Role::System => {
+                            if !m.content.trim().is_empty() {
+                                system.push(&m.content);
+                            }
+                        }
+                        role => turns.push((role, m.content.as_str())),
+                    }
+                }
+            }
+            (None, Some(p)) => turns.push((Role::User, p.as_str())),
+            (None, None) => {}
+        }
+        if turns.is_empty() {
+            return Err(BuildError::EmptyConversation);
+        }
+        let system = (!system.is_empty()).then(|| system.join("\n\n"));
+        Ok(Conversation { system, turns })
+    }
+}
+
+fn openai_body(job: &Job, model: &str, conv: &Conversation<'_>) -> Value {
+    let mut messages = Vec::with_capacity(conv.turns.len() + 1);
+    if let Some(s) = &conv.system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    for (role, content) in &conv.turns {
+        let role = if *role == Role::Assistant {
+            "assistant"
+        } else {
+            "user"
+        };
+        messages.push(json!({"role": role, "content": content}));
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    body.insert("stream".into(), json!(true));
+    body.insert(
+        "stream_options".into(),
+        json!({"include_usage": true, "include_obfuscation": false}),
+    );
+    if let Some(n) = job.max_tokens {
+        let field = if uses_max_completion_tokens(model) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body.insert(field.into(), json!(n));
+    }
+    if let Some(t) = job.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    Value::Object(body)
+}
+
+fn anthropic_body(job: &Job, model: &str, conv: &Conversation<'_>) -> Value {
+    let messages: Vec<Value> = conv
+        .turns
+        .iter()
+        .map(|(role, content)| {
+            let role = if *role == Role::Assistant {
+                "assistant"
+            } else {
+                "user"
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect();
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert(
+        "max_tokens".into(),
+        json!(job.max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)),
+    );
+    if let Some(s) = &conv.system {
+        body.insert("system".into(), json!(s));
+    }
+    body.insert("messages".into(), Value::Array(messages));
+    body.insert("stream".into(), json!(true));
+    if let Some(t) = job.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    Value::Object(body)
+}
+
+fn gemini_body(job: &Job, model: &str, conv: &Conversation<'_>) -> Value {
+    let contents: Vec<Value> = conv
+        .turns
+        .iter()
+        .map(|(role, content)| {
+            let role = if *role == Role::Assistant {
+                "model"
+            } else {
+                "user"
+            };
+            json!({"role": role, "parts": [{"text": content}]})
+        })
+        .collect();
+    let mut body = Map::new();
+    body.insert("contents".into(), Value::Array(contents));
+    if let Some(s) = &conv.system {
+        body.insert("systemInstruction".into(), json!({"parts": [{"text": s}]}));
+    }
+    let mut config = Map::new();
+    if let Some(n) = job.max_tokens {
+        config.insert("maxOutputTokens".into(), json!(n));
+    }
+    if let Some(t) = job.temperature {
+        config.insert("temperature".into(), json!(t));
+    }
+    if gemini_can_think(model) {
+        // Thought summaries cost nothing extra and become `reasoning` events; without this
+        // flag Gemini thinks silently.
+        config.insert("thinkingConfig".into(), json!({"includeThoughts": true}));
+    }
+    if !config.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(config));
+    }
+    Value::Object(body)
+}
+
+/// Gemini 1.x and 2.0 models have no thinking and reject `thinkingConfig`; every later model
+/// (2.5, 3.x) and any model id we do not recognise as old gets thought summaries.
+fn gemini_can_think(model: &str) -> bool {
+    let m = model.trim_start_matches("models/");
+    !(m.starts_with("gemini-1") || m.starts_with("gemini-2.0") || m.starts_with("gemini-pro"))
+}
+
+/// The auth header, marked sensitive (HPACK never indexes it; debug output hides it). The key
+/// is trimmed: a key file's trailing newline is not part of the key.
+fn auth_header(
+    name: HeaderName,
+    scheme: &str,
+    key: &ApiKey,
+) -> Result<(HeaderName, HeaderValue), BuildError> {
+    let key = key.expose().trim();
+    if key.is_empty() {
+        return Err(BuildError::InvalidKey);
+    }
+    let mut raw = Vec::with_capacity(scheme.len() + key.len());
+    raw.extend_from_slice(scheme.as_bytes());
+    raw.extend_from_slice(key.as_bytes());
+    let value = HeaderValue::from_bytes(&raw);
+    // Best effort: do not leave a second copy of the key in freed memory.
+    raw.fill(0);
+    std::hint::black_box(&raw);
+    let mut value = value.map_err(|_| BuildError::InvalidKey)?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// Checks the scheme and strips trailing slashes.
+fn normalize_base(base_url: &str) -> Result<&str, BuildError> {
+    let base = base_url.trim();
+    let lower = base.get(..8).unwrap_or(base).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(BuildError::InvalidBaseUrl(
+            "must start with http:// or https://",
+        ));
+    }
+    if base.contains(['?', '#']) {
+        return Err(BuildError::InvalidBaseUrl(
+            "must not contain a query or fragment",
+        ));
+    }
+    if base.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(BuildError::InvalidBaseUrl("must not contain whitespace"));
+    }
+    Ok(base.trim_end_matches('/'))
+}
+
+/// `base` plus `/{version}`, unless its last path segment already is an API version
+/// (`v1`, `v1beta`, `v1alpha`, `v2`, …).
+fn with_version(base: &str, version: &str) -> String {
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let last = after_scheme
+        .split_once('/')
+        .and_then(|(_, path)| path.rsplit('/').next());
+    if last.is_some_and(is_version_segment) {
+        base.to_owned()
+    } else {
+        format!("{base}/{version}")
+    }
+}
+
+fn is_version_segment(seg: &str) -> bool {
+    let Some(rest) = seg.strip_prefix('v') else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0
+        && rest[digits..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn check_model(model: &str) -> Result<&str, BuildError> {
+    let invalid = |reason| BuildError::InvalidModel {
+        model: model.to_owned(),
+        reason,
+    };
+    if model.trim().is_empty() {
+        return Err(invalid("empty"));
+    }
+    if model != model.trim() {
+        return Err(invalid("leading or trailing whitespace"));
+    }
+    if model.chars().any(char::is_control) {
+        return Err(invalid("control characters"));
+    }
+    if model == "." || model == ".." {
+        return Err(invalid("not a model name"));
+    }
+    Ok(model)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a model id can never add
+/// path segments, a query or a fragment.
+fn encode_path_segment(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+//! Body chunks of a 200 streaming response in, normalized events out.
+//!
+//! [`StreamParser`] couples the SSE decoder (configured per provider: Gemini also needs the
+//! non-field lines that carry its bare JSON errors) with one provider translator, and owns the
+//! rules every provider shares: events come out in order, nothing is emitted after the
+//! terminator, the first failure poisons the parser, an oversized line or event is a typed
+//! `protocol` error, and end-of-body without the provider's terminator is an error rather than a
+//! silent success (DESIGN.md 4.3). It never panics on any input.
+
+use polydev_protocol::{ApiKey, ErrorEvent, ErrorKind, Event, FinishReason, Provider, Usage};
+use polydev_sse::{Decoder, Item, Limits, SseError};
+
+use crate::{anthropic, gemini, openai};
+
+/// How a stream ended successfully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    pub finish_reason: FinishReason,
+    /// The provider's own value (`end_turn`, `STOP`, …), when it gave one.
+    pub raw_finish_reason: Option<String>,
+}
+
+impl Finish {
+    pub(crate) fn new(finish_reason: FinishReason, raw: Option<&str>) -> Self {
+        Finish {
+            finish_reason,
+            raw_finish_reason: raw.map(str::to_owned),
+        }
+    }
+}
+
+/// A failure inside a 200 stream: an in-stream provider error, a format violation, or a
+/// missing terminator. Converts into an [`ErrorEvent`] with `status: None`; the runtime decides
+/// `partial`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct StreamError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub retryable: bool,
+    /// A retry hint carried by the in-stream error itself (Gemini `RetryInfo`).
+    pub retry_after_ms: Option<u64>,
+}
+
+impl StreamError {
+    /// An error of `kind` with that kind's default retry verdict.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StreamError {
+            kind,
+            message: message.into(),
+            retryable: kind.is_retryable_by_default(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The stream broke its format (malformed JSON, oversized line). Not retryable.
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        StreamError::new(ErrorKind::Protocol, message)
+    }
+
+    /// The body ended before the provider's terminator: the connection was cut somewhere.
+    /// Retryable (before any output, the runtime may try again).
+    pub(crate) fn truncated(message: impl Into<String>) -> Self {
+        StreamError {
+            retryable: true,
+            ..StreamError::protocol(message)
+        }
+    }
+
+    /// The same error with the key, and any masked or partial echo of it, removed from the
+    /// message (see [`redact_key`](crate::redact_key)). In-stream error messages come from the
+    /// provider too.
+    #[must_use]
+    pub fn redacted(mut self, key: &ApiKey) -> Self {
+        self.message = crate::redact_key(&self.message, key);
+        self
+    }
+
+    /// The terminal event for this error; `partial` says whether output had been emitted.
+    pub fn into_error_event(self, partial: bool) -> ErrorEvent {
+        ErrorEvent {
+            kind: self.kind,
+            status: None,
+            retryable: self.retryable,
+            retry_after_ms: self.retry_after_ms,
+            message: self.message,
+            partial,
+        }
+    }
+}
+
+impl From<StreamError> for ErrorEvent {
+    fn from(e: StreamError) -> Self {
+        e.into_error_event(false)
+    }
+}
+
+impl From<SseError> for StreamError {
+    fn from(e: SseError) -> Self {
+        let what = match e {
+            SseError::LineTooLong { limit } => {
+                format!("a line of the stream exceeds the {limit}-byte limit")
+            }
+            SseError::EventTooLarge { limit } => {
+                format!("an event of the stream exceeds the {limit}-byte limit")
+            }
+        };
+        StreamError::protocol(format!(
+            "{what}; raise the SSE limits if the provider legitimately sends more"
+        ))
+    }
+}
+
+/// Where translators put what they find.
+pub(crate) struct Sink<'a> {
+    out: &'a mut Vec<Event>,
+    has_output: &'a mut bool,
+}
+
+impl Sink<'_> {
+    pub(crate) fn text(&mut self, text: &str) {
+        if !text.is_empty() {
+            *self.has_output = true;
+            self.out.push(Event::Text {
+                text: text.to_owned(),
+            });
+        }
+    }
+
+    pub(crate) fn reasoning(&mut self, text: &str) {
+        if !text.is_empty() {
+            *self.has_output = true;
+            self.out.push(Event::Reasoning {
+                text: text.to_owned(),
+            });
+        }
+    }
+}
+
+enum Translator {
+    OpenAi(openai::Translator),
+    Anthropic(anthropic::Translator),
+    Google(gemini::Translator),
+}
+
+impl Translator {
+    fn on_item(&mut self, item: Item, sink: &mut Sink<'_>) -> Result<Option<Finish>, StreamError> {
+        match (self, item) {
+            (Translator::OpenAi(t), Item::Event(ev)) => t.on_event(&ev, sink),
+            (Translator::Anthropic(t), Item::Event(ev)) => t.on_event(&ev, sink),
+            (Translator::Google(t), Item::Event(ev)) => t.on_event(&ev, sink).map(|()| None),
+            (Translator::Google(t), Item::OtherLine(line)) => {
+                t.on_other_line(&line, sink).map(|()| None)
+            }
+            // Only Gemini's decoder reports other lines.
+            (_, Item::OtherLine(_)) => Ok(None),
+        }
+    }
+
+    fn at_eof(
+        &mut self,
+        pending: Option<String>,
+        sink: &mut Sink<'_>,
+    ) -> Result<Finish, StreamError> {
+        match self {
+            Translator::OpenAi(t) => t.at_eof(pending.as_deref(), sink),
+            Translator::Anthropic(t) => t.at_eof(pending.as_deref(), sink),
+            Translator::Google(t) => t.at_eof(pending.as_deref(), sink),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Translator::OpenAi(t) => t.usage(),
+            Translator::Anthropic(t) => t.usage(),
+            Translator::Google(t) => t.usage(),
+        }
+    }
+}
+
+enum State {
+    Streaming,
+    Finished(Finish),
+    Failed(StreamError),
+}
+
+/// Incremental stream parser: SSE decoder plus provider translator.
+///
+/// Feed it body chunks as they arrive. On `Ok(Some(finish))` or `Err(_)`, `out` still holds
+/// the events decoded before that point; emit them first. After the terminator or an error the
+/// parser is settled: later calls return the same outcome and ignore their input.
+pub struct StreamParser {
+    provider: Provider,
+    decoder: Decoder,
+    items: Vec<Item>,
+    translator: Translator,
+    has_output: bool,
+    state: State,
+}
+
+impl StreamParser {
+    /// A parser for `p` whose SSE decoder enforces `limits` (also the bound on a Gemini bare
+    /// JSON error body).
+    pub fn new(p: Provider, limits: Limits) -> Self {
+        let decoder = Decoder::with_limits(limits);
+        let (decoder, translator) = match p {
+            Provider::OpenAi => (decoder, Translator::OpenAi(openai::Translator::default())),
+            Provider::Anthropic => (
+                decoder,
+                Translator::Anthropic(anthropic::Translator::default()),
+            ),
+            Provider::Google => (
+                decoder.report_other_lines(true),
+                Translator::Google(gemini::Translator::new(limits.max_event_bytes)),
+            ),
+        };
+        StreamParser {
+            provider: p,
+            decoder,
+            items: Vec::new(),
+            translator,
+            has_output: false,
+            state: State::Streaming,
+        }
+    }
+
+    /// The provider this parser translates.
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Feeds one body chunk; appends `Text` / `Reasoning` events (never start, end, error or
+    /// usage) to `out`, in order.
+    ///
+    /// Returns `Ok(Some(finish))` once the provider's terminator has been seen (`[DONE]` for
+    /// OpenAI, `message_stop` for Anthropic). Gemini has no end marker and never finishes here:
+    /// end of body decides, in [`StreamParser::finish`].
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<Event>,
+    ) -> Result<Option<Finish>, StreamError> {
+        match &self.state {
+            State::Finished(f) => return Ok(Some(f.clone())),
+            State::Failed(e) => return Err(e.clone()),
+            State::Streaming => {}
+        }
+        let mut items = std::mem::take(&mut self.items);
+        let decoded = self.decoder.feed(chunk, &mut items);
+        let result = self.translate(&mut items, out);
+        items.clear();
+        self.items = items;
+        let result = match (result, decoded) {
+            (Ok(None), Err(e)) => Err(StreamError::from(e)),
+            (r, _) => r,
+        };
+        self.settle(result)
+    }
+
+    /// Clean end of the body. OpenAI and Anthropic without their terminator, and Gemini without
+    /// a `finishReason`, are errors; a Gemini stream whose only chunk blocked the prompt is a
+    /// `blocked` error.
+    pub fn finish(&mut self, out: &mut Vec<Event>) -> Result<Finish, StreamError> {
+        match &self.state {
+            State::Finished(f) => return Ok(f.clone()),
+            State::Failed(e) => return Err(e.clone()),
+            State::Streaming => {}
+        }
+        let mut items = std::mem::take(&mut self.items);
+        let result = match self.decoder.finish(&mut items) {
+            Ok(pending) => match self.translate(&mut items, out) {
+                Ok(Some(f)) => Ok(f),
+                Ok(None) => {
+                    let mut sink = Sink {
+                        out,
+                        has_output: &mut self.has_output,
+                    };
+                    self.translator.at_eof(pending, &mut sink)
+                }
+                Err(e) => Err(e),
+            },
+            // Items completed before the oversized line still count, as in `feed`.
+            Err(e) => match self.translate(&mut items, out) {
+                Ok(Some(f)) => Ok(f),
+                Ok(None) => Err(StreamError::from(e)),
+                Err(stream_err) => Err(stream_err),
+            },
+        };
+        items.clear();
+        self.items = items;
+        match &result {
+            Ok(f) => self.state = State::Finished(f.clone()),
+            Err(e) => self.state = State::Failed(e.clone()),
+        }
+        result
+    }
+
+    /// Latest usage known so far: OpenAI's final usage chunk; Anthropic's `message_start` usage
+    /// overlaid field by field with the last `message_delta` usage; Gemini's last
+    /// `usageMetadata`. Also meaningful after an error or a cancel.
+    pub fn usage(&self) -> Option<Usage> {
+        self.translator.usage()
+    }
+
+    /// Whether any `Text` / `Reasoning` was produced.
+    pub fn has_output(&self) -> bool {
+        self.has_output
+    }
+
+    fn translate(
+        &mut self,
+        items: &mut Vec<Item>,
+        out: &mut Vec<Event>,
+    ) -> Result<Option<Finish>, StreamError> {
+        let mut sink = Sink {
+            out,
+            has_output: &mut self.has_output,
+        };
+        for item in items.drain(..) {
+            if let Some(f) = self.translator.on_item(item, &mut sink)? {
+                // Whatever follows the terminator is not part of the answer.
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    fn settle(
+        &mut self,
+        result: Result<Option<Finish>, StreamError>,
+    ) -> Result<Option<Finish>, StreamError> {
+        match &result {
+            Ok(Some(f)) => self.state = State::Finished(f.clone()),
+            Err(e) => self.state = State::Failed(e.clone()),
+            Ok(None) => {}
+        }
+        result
+    }
+}
+
+/// Parses one event's JSON payload; trailing whitespace (seen in Anthropic fixtures) is fine.
+pub(crate) fn parse_json(data: &str, provider: &str) -> Result<serde_json::Value, StreamError> {
+    serde_json::from_str(data).map_err(|e| {
+        StreamError::protocol(format!(
+            "malformed JSON in the {provider} stream: {e} (payload starts {:?})",
+            preview(data)
+        ))
+    })
+}
+
+/// An `event: error` whose data is not JSON (plain text from a proxy or a compatible server):
+/// an upstream failure carrying that text.
+pub(crate) fn non_json_error(data: &str) -> StreamError {
+    let text = data.trim();
+    let message = if text.is_empty() {
+        "the stream reported an error".to_owned()
+    } else {
+        crate::http_error::truncate(text.to_owned())
+    };
+    StreamError::new(ErrorKind::Upstream, message)
+}
+
+/// The first few characters of a payload, for error messages.
+pub(crate) fn preview(data: &str) -> &str {
+    const N: usize = 64;
+    if data.len() <= N {
+        return data;
+    }
+    let mut cut = N;
+    while !data.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &data[..cut]
+}
+
+/// Python truthiness of a JSON value (the OpenAI SDK raises on any payload whose `error` is
+/// truthy).
+pub(crate) fn truthy(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}

@@ -1,0 +1,129 @@
+//! Writes events to stdout as they happen: one NDJSON line per event (the controller
+//! contract) or, in text mode, just the answer for a person. Every event is flushed at once;
+//! nothing is buffered behind the stream. Diagnostics go to stderr.
+
+use std::io::{self, Write};
+
+use polydev_protocol::Event;
+
+use crate::config::OutputMode;
+
+/// The runtime's stdout, in the chosen mode.
+pub struct Output<W: Write = io::Stdout> {
+    mode: OutputMode,
+    out: W,
+    line: Vec<u8>,
+    /// Text mode: whether the last byte written was a newline (to end the answer cleanly).
+    at_line_start: bool,
+}
+
+impl Output<io::Stdout> {
+    pub fn stdout(mode: OutputMode) -> Self {
+        Output::new(mode, io::stdout())
+    }
+}
+
+impl<W: Write> Output<W> {
+    pub fn new(mode: OutputMode, out: W) -> Self {
+        Output {
+            mode,
+            out,
+            line: Vec::with_capacity(256),
+            at_line_start: true,
+        }
+    }
+
+    pub fn mode(&self) -> OutputMode {
+        self.mode
+    }
+
+    /// Writes one event. An error means stdout is gone (the reader closed the pipe).
+    pub fn emit(&mut self, event: &Event) -> io::Result<()> {
+        match self.mode {
+            OutputMode::Ndjson => {
+                self.line.clear();
+                serde_json::to_writer(&mut self.line, event).map_err(io::Error::other)?;
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)?;
+                self.out.flush()
+            }
+            OutputMode::Text => match event {
+                Event::Text { text } if !text.is_empty() => {
+                    self.out.write_all(text.as_bytes())?;
+                    self.at_line_start = text.ends_with('\n');
+                    self.out.flush()
+                }
+                Event::End { .. } | Event::Error(_) => {
+                    if !self.at_line_start {
+                        self.out.write_all(b"\n")?;
+                        self.at_line_start = true;
+                    }
+                    if let Event::Error(e) = event {
+                        diag(&format!("error ({}): {}", e.kind, e.message));
+                    }
+                    self.out.flush()
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// One diagnostic line on stderr, prefixed with the program name.
+pub fn diag(msg: &str) {
+    let mut err = io::stderr().lock();
+    // If stderr is gone there is nowhere left to report to.
+    let _ = writeln!(err, "polydev-runtime: {msg}");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use polydev_protocol::{ErrorEvent, ErrorKind, FinishReason};
+
+    fn end() -> Event {
+        Event::End {
+            finish_reason: FinishReason::Stop,
+            raw_finish_reason: None,
+            ttft_ms: None,
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn ndjson_is_one_line_per_event() {
+        let mut o = Output::new(OutputMode::Ndjson, Vec::new());
+        o.emit(&Event::Text {
+            text: "a\nb".into(),
+        })
+        .unwrap();
+        o.emit(&end()).unwrap();
+        let s = String::from_utf8(o.into_inner()).unwrap();
+        let lines: Vec<_> = s.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], r#"{"type":"text","text":"a\nb"}"#);
+    }
+
+    #[test]
+    fn text_mode_prints_only_the_answer_and_ends_the_line() {
+        let mut o = Output::new(OutputMode::Text, Vec::new());
+        o.emit(&Event::Reasoning { text: "hmm".into() }).unwrap();
+        o.emit(&Event::Text {
+            text: "Hello".into(),
+        })
+        .unwrap();
+        o.emit(&Event::Text {
+            text: " world".into(),
+        })
+        .unwrap();
+        o.emit(&Event::Error(ErrorEvent::new(ErrorKind::Timeout, "idle")))
+            .unwrap();
+        assert_eq!(String::from_utf8(o.into_inner()).unwrap(), "Hello world\n");
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's test command: every check CI runs, in order, failing on the first error.
+#   formatting, clippy (warnings are errors), the workspace's tests, the fuzz target's build,
+#   and the SDK fidelity suite (official Python SDKs against the emulator).
+# Nothing here talks to a real provider: every server is the emulator on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+step "fuzz target builds (cargo build --manifest-path fuzz/Cargo.toml)"
+cargo build --manifest-path fuzz/Cargo.toml --quiet
+
+step "SDK fidelity suite (tests/fidelity/run.sh)"
+tests/fidelity/run.sh
+
+printf '\n==> all checks passed\n'
