@@ -166,12 +166,18 @@ struct Driver {
     split: usize,
     rate: u32,
     keep_alive: Option<Duration>,
+    /// The fault still to come (taken when it strikes).
     fault: Option<Fault>,
     phase: Phase,
+    /// The rest of a frame being sent in `split` pieces.
     pieces: VecDeque<Bytes>,
+    /// A step put back while a keep-alive went out first.
     held: Option<Step>,
+    /// When the barrier let this stream go; the token clock counts from here.
     started: Option<Instant>,
     last_write: Instant,
+    /// Token slots used so far (sent tokens plus hidden reasoning): token `k` is due at
+    /// `started + k / rate`, so pacing does not drift with scheduling delays.
     token_clock: u64,
     content_sent: usize,
     polled_once: bool,
@@ -240,6 +246,14 @@ impl Driver {
                 self.phase = Phase::Done;
                 return None;
             };
+            // Tokens and the ending are paced by the token clock; a fault strikes when the
+            // event it replaces was due, not earlier.
+            if matches!(step, Step::Content(_) | Step::End(_))
+                && let Some(ka) = self.wait_for_clock(self.token_clock).await
+            {
+                self.held = Some(step);
+                return Some(Ok(self.emit(ka)));
+            }
             if let Some(fault) = self.fault {
                 let strikes = match step {
                     Step::Content(_) => self.content_sent >= fault.after,
@@ -277,21 +291,10 @@ impl Driver {
                 Step::Think(tokens) => {
                     self.token_clock = self.token_clock.saturating_add(tokens as u64);
                 }
-                Step::Meta(frame) => return Some(Ok(self.emit(frame))),
+                Step::Meta(frame) | Step::End(frame) => return Some(Ok(self.emit(frame))),
                 Step::Content(frame) => {
-                    if let Some(ka) = self.wait_for_clock(self.token_clock).await {
-                        self.held = Some(Step::Content(frame));
-                        return Some(Ok(self.emit(ka)));
-                    }
                     self.token_clock = self.token_clock.saturating_add(1);
                     self.content_sent += 1;
-                    return Some(Ok(self.emit(frame)));
-                }
-                Step::End(frame) => {
-                    if let Some(ka) = self.wait_for_clock(self.token_clock).await {
-                        self.held = Some(Step::End(frame));
-                        return Some(Ok(self.emit(ka)));
-                    }
                     return Some(Ok(self.emit(frame)));
                 }
             }

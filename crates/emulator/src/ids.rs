@@ -82,10 +82,10 @@ pub(crate) fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn unix_millis() -> u64 {
+pub(crate) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

@@ -140,9 +140,11 @@ where
         _ => None,
     };
     let (parts, body) = request.into_parts();
+    let arrival_us = ids::unix_micros();
     let mut recorded = RecordedRequest {
         seq: shared.next_seq(),
-        time_ms: ids::unix_millis(),
+        time_ms: arrival_us / 1000,
+        time_us: arrival_us,
         method: method.to_string(),
         path: path.clone(),
         query: query.clone(),

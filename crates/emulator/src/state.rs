@@ -52,6 +52,10 @@ pub struct RecordedRequest {
     pub seq: u64,
     /// Arrival time, milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The same arrival time in microseconds since the Unix epoch (wall clock, for
+    /// start-to-first-upstream-byte measurements; `time_ms == time_us / 1000`).
+    #[serde(default)]
+    pub time_us: u64,
     /// HTTP method.
     pub method: String,
     /// Request path (without the query).

@@ -265,6 +265,19 @@ async fn invalid_key_is_auth_error_and_never_echoed() {
                 partial: false,
             },
         );
+        // Providers echo a masked key (prefix and suffix); no fragment of it may come out.
+        for fragment in ["FAKE", &key[key.len() - 12..]] {
+            assert!(
+                !out.stdout.contains(fragment),
+                "{p}: {fragment} in {}",
+                out.stdout
+            );
+            assert!(
+                !out.stderr.contains(fragment),
+                "{p}: {fragment} in {}",
+                out.stderr
+            );
+        }
     }
 }
 

@@ -209,7 +209,11 @@ fn assert_chunking_invariant(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 cases by default; set PROPTEST_CASES for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn realistic_streams_are_chunking_invariant(
@@ -243,6 +247,19 @@ proptest! {
     ) {
         let limits = Limits { max_line_bytes: line_limit, max_event_bytes: event_limit };
         assert_chunking_invariant(&bytes, &cuts, limits, report_other)?;
+    }
+}
+
+proptest! {
+    #[test]
+    fn find_eol_agrees_with_naive_search(
+        bytes in prop::collection::vec(
+            prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n'), Just(0x8A_u8), Just(0x8D_u8)],
+            0..80,
+        ),
+    ) {
+        let naive = bytes.iter().position(|&b| b == b'\n' || b == b'\r');
+        prop_assert_eq!(find_eol(&bytes), naive);
     }
 }
 

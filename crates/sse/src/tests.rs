@@ -691,6 +691,22 @@ fn decoder_is_send_and_sync_and_default() {
 }
 
 #[test]
+fn find_eol_ignores_bytes_close_to_cr_and_lf() {
+    // Bytes that differ from CR/LF by one bit, or that borrow in the SWAR subtraction.
+    let near = [
+        0x0B, 0x0C, 0x0E, 0x8A, 0x8D, 0x09, 0x00, 0x01, 0xFF, 0x80, 0x2A, 0x4D,
+    ];
+    let mut buf: Vec<u8> = near.iter().cycle().take(100).copied().collect();
+    assert_eq!(find_eol(&buf), None);
+    for pos in 0..buf.len() {
+        let saved = buf[pos];
+        buf[pos] = b'\r';
+        assert_eq!(find_eol(&buf), Some(pos));
+        buf[pos] = saved;
+    }
+}
+
+#[test]
 fn find_eol_matches_naive_search() {
     let mut buf = vec![b'a'; 200];
     assert_eq!(find_eol(&buf), None);
