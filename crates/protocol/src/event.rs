@@ -58,6 +58,22 @@ impl Event {
         }
     }
 
+    /// The answer text this event adds, if it is a `text` event.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Event::Text { text } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The reasoning text this event adds, if it is a `reasoning` event.
+    pub fn as_reasoning(&self) -> Option<&str> {
+        match self {
+            Event::Reasoning { text } => Some(text),
+            _ => None,
+        }
+    }
+
     /// The exit code a runtime uses after this terminal event (`None` for non-terminal ones).
     pub fn exit_code(&self) -> Option<i32> {
         match self {

@@ -19,23 +19,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn text(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        self.events.iter().filter_map(Event::as_text).collect()
     }
 
     pub fn reasoning(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Reasoning { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        self.events.iter().filter_map(Event::as_reasoning).collect()
     }
 
     pub fn finish(&self) -> &Finish {
