@@ -28,6 +28,9 @@ pub const IDLE_TIMEOUT_MS: &str = "IDLE_TIMEOUT_MS";
 pub const TOTAL_TIMEOUT_MS: &str = "TOTAL_TIMEOUT_MS";
 pub const WARM_POOL: &str = "WARM_POOL";
 pub const MAX_RETRIES: &str = "MAX_ATTEMPTS";
+pub const CONTROLLER_URL: &str = "CONTROLLER_URL";
+pub const RUNTIME_TOKEN: &str = "RUNTIME_TOKEN";
+pub const RUNTIME_TOKEN_FILE: &str = "RUNTIME_TOKEN_FILE";
 pub const MAX_RETRY_WAIT_MS: &str = "MAX_RETRY_WAIT_MS";
 
 /// Timeout defaults. First token is generous because reasoning models can think for minutes
@@ -144,6 +147,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub warm: bool,
+    /// Warm mode's job source when `CONTROLLER_URL` is set (else stdin).
+    pub pull: Option<crate::pull::PullConfig>,
     base_urls: HashMap<Provider, String>,
 }
 
@@ -189,12 +194,34 @@ impl Settings {
             }
         }
         let extra_ca_certs = env.var(EXTRA_CA_CERTS).map(PathBuf::from);
+        let pull = match env.var(CONTROLLER_URL) {
+            Some(url) if warm => {
+                use crate::pull::{PullConfig, TokenSource};
+                let token = match (env.var(RUNTIME_TOKEN), env.var(RUNTIME_TOKEN_FILE)) {
+                    (_, Some(path)) => TokenSource::File(PathBuf::from(path)),
+                    (Some(t), None) => TokenSource::Value(t),
+                    (None, None) => {
+                        return Err(config_err(format!(
+                            "{CONTROLLER_URL} is set but neither {RUNTIME_TOKEN} nor {RUNTIME_TOKEN_FILE} is"
+                        )));
+                    }
+                };
+                Some(PullConfig::new(&url, token)?)
+            }
+            Some(_) => {
+                return Err(config_err(format!(
+                    "{CONTROLLER_URL} needs {WARM_POOL}=true (pull mode is a warm mode)"
+                )));
+            }
+            None => None,
+        };
         Ok(Settings {
             output,
             extra_ca_certs,
             timeouts,
             retry,
             warm,
+            pull,
             base_urls,
         })
     }

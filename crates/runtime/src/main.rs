@@ -8,6 +8,7 @@
 mod config;
 mod execute;
 mod output;
+mod pull;
 mod transport;
 
 use std::process::ExitCode;
@@ -59,7 +60,11 @@ SETTINGS (environment, every mode):
     TOTAL_TIMEOUT_MS         whole execution                  (default 600000)
     MAX_ATTEMPTS             attempts before output, retryable errors only (default 3)
     MAX_RETRY_WAIT_MS        total wait between attempts      (default 30000)
-    WARM_POOL                true: emit {\"type\":\"ready\"}, then read one job line on stdin
+    WARM_POOL                true: emit {\"type\":\"ready\"}, then take one job from stdin, or
+                             from the controller when CONTROLLER_URL is set (pull mode)
+    CONTROLLER_URL           pull mode: controller base URL (https://, or http:// on loopback)
+    RUNTIME_TOKEN            pull mode: bearer token for the controller
+    RUNTIME_TOKEN_FILE       pull mode: file holding the token, re-read on every request
 
 OUTPUT (ndjson): start, text/reasoning deltas, usage, then exactly one end or error event.
 
@@ -165,19 +170,23 @@ async fn run(command: Command) -> Option<i32> {
         Err(e) => return fail_config(&mut out, &e.to_string()),
     };
 
+    if matches!(command, Command::Env) && settings.warm {
+        if out.emit(&Event::Ready).is_err() {
+            return ErrorKind::Cancelled.exit_code();
+        }
+        if let Some(pull) = &settings.pull {
+            return run_pulled(&settings, pull, &transport, &mut cancel).await;
+        }
+    }
+
     let mut warnings = Vec::new();
     let job = match command {
-        Command::Env if settings.warm => {
-            if out.emit(&Event::Ready).is_err() {
-                return ErrorKind::Cancelled.exit_code();
-            }
-            match wait_for_job_line(&mut cancel).await {
-                // Stopped or stdin closed before any job: a clean, silent exit.
-                None => return Some(polydev_protocol::EXIT_SUCCESS),
-                Some(Err(msg)) => return fail_config(&mut out, &msg),
-                Some(Ok(line)) => parse_job(&line, &mut warnings),
-            }
-        }
+        Command::Env if settings.warm => match wait_for_job_line(&mut cancel).await {
+            // Stopped or stdin closed before any job: a clean, silent exit.
+            None => return Some(polydev_protocol::EXIT_SUCCESS),
+            Some(Err(msg)) => return fail_config(&mut out, &msg),
+            Some(Ok(line)) => parse_job(&line, &mut warnings),
+        },
         Command::Env => config::job_from_env(&ProcessEnv, &mut warnings).map_err(|e| e.0),
         Command::JobLine(src) => match read_job_source(&src).await {
             Ok(line) => parse_job(&line, &mut warnings),
@@ -189,10 +198,29 @@ async fn run(command: Command) -> Option<i32> {
         Ok(j) => j,
         Err(msg) => return fail_config(&mut out, &msg),
     };
-    for w in &warnings {
+    execute_job(
+        &job,
+        &warnings,
+        &settings,
+        &transport,
+        &mut out,
+        &mut cancel,
+    )
+    .await
+}
+
+/// Runs a validated job to its terminal event; returns the exit code.
+async fn execute_job<W: std::io::Write>(
+    job: &Job,
+    warnings: &[String],
+    settings: &Settings,
+    transport: &Transport,
+    out: &mut Output<W>,
+    cancel: &mut Cancel,
+) -> Option<i32> {
+    for w in warnings {
         diag(&format!("warning: {w}"));
     }
-
     let plan = Plan {
         execution_id: job.execution_id.clone().unwrap_or_else(new_execution_id),
         user_id: job.user_id.clone().unwrap_or_else(|| "unknown".to_owned()),
@@ -200,19 +228,64 @@ async fn run(command: Command) -> Option<i32> {
             .model
             .clone()
             .unwrap_or_else(|| polydev_providers::default_model(job.provider).to_owned()),
-        base_url: settings.base_url(&job),
-        timeouts: settings.timeouts(&job),
+        base_url: settings.base_url(job),
+        timeouts: settings.timeouts(job),
         retry: settings.retry,
         limits: polydev_sse::Limits::default(),
-        job: &job,
+        job,
     };
     // Everything that can be checked without network I/O is checked before `start`.
-    if let Err(e) = polydev_providers::build_request(&job, &plan.model, &plan.base_url) {
-        return fail_config(&mut out, &e.to_string());
+    if let Err(e) = polydev_providers::build_request(job, &plan.model, &plan.base_url) {
+        return fail_config(out, &e.to_string());
     }
-    match execute::run(&plan, &transport, &mut out, &mut cancel).await {
+    match execute::run(&plan, transport, out, cancel).await {
         Outcome::Terminal(ev) => ev.exit_code(),
         Outcome::OutputClosed => ErrorKind::Cancelled.exit_code(),
+    }
+}
+
+/// Controller-pull warm mode: fetch the one job, stream its events back, exit.
+async fn run_pulled(
+    settings: &Settings,
+    pull: &pull::PullConfig,
+    transport: &Transport,
+    cancel: &mut Cancel,
+) -> Option<i32> {
+    let connect = config::DEFAULT_CONNECT_TIMEOUT;
+    let job = match pull::next_job(transport, pull, connect, cancel).await {
+        Ok(Some(job)) => job,
+        // Stopped, or told that no job will come: a clean, silent exit.
+        Ok(None) => return Some(polydev_protocol::EXIT_SUCCESS),
+        Err(e) => {
+            diag(&format!("error: {e}"));
+            return match e {
+                pull::PullError::Rejected(_) => ErrorKind::Auth.exit_code(),
+                _ => ErrorKind::Config.exit_code(),
+            };
+        }
+    };
+    let execution_id = job.execution_id.clone().unwrap_or_default();
+    let (report, writer) = match pull::open_report(transport, pull, &execution_id, connect) {
+        Ok(r) => r,
+        Err(e) => {
+            diag(&format!("error: {e}"));
+            return ErrorKind::Config.exit_code();
+        }
+    };
+    let mut out = Output::new(OutputMode::Ndjson, writer);
+    let mut warnings = Vec::new();
+    let code = match config::check_job(&job, &mut warnings) {
+        Ok(()) => execute_job(&job, &warnings, settings, transport, &mut out, cancel).await,
+        Err(e) => fail_config(&mut out, &e.0),
+    };
+    // Dropping the writer ends the request body; then wait for the controller's answer.
+    drop(out);
+    match report.finish().await {
+        Ok(()) => code,
+        Err(e) => {
+            diag(&format!("error: {e}"));
+            ErrorKind::Upstream.exit_code()
+        }
     }
 }
 

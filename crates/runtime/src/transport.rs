@@ -122,6 +122,25 @@ impl Transport {
         req: http::Request<Bytes>,
         connect_timeout: Duration,
     ) -> Result<(http::Response<Incoming>, Connection), TransportError> {
+        let (parts, body) = req.into_parts();
+        self.send_body(
+            http::Request::from_parts(parts, Full::new(body)),
+            connect_timeout,
+        )
+        .await
+    }
+
+    /// Like [`Transport::send`], with any request body, for example one that streams
+    /// events to the controller as they happen.
+    pub async fn send_body<B>(
+        &self,
+        req: http::Request<B>,
+        connect_timeout: Duration,
+    ) -> Result<(http::Response<Incoming>, Connection), TransportError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let uri = req.uri().clone();
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -176,7 +195,7 @@ impl Transport {
         let host_value = http::HeaderValue::from_str(&authority)
             .map_err(|_| TransportError::InvalidUrl("bad host".into()))?;
         parts.headers.insert(http::header::HOST, host_value);
-        let req = http::Request::from_parts(parts, Full::new(body));
+        let req = http::Request::from_parts(parts, body);
         let conn = Connection { task };
         let resp = sender
             .send_request(req)
@@ -186,11 +205,13 @@ impl Transport {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type Sender<B> = hyper::client::conn::http1::SendRequest<B>;
 
-async fn handshake<IO>(io: IO) -> Result<(Sender, JoinHandle<()>), TransportError>
+async fn handshake<IO, B>(io: IO) -> Result<(Sender<B>, JoinHandle<()>), TransportError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await

@@ -1,0 +1,398 @@
+//! Controller-pull warm mode (DESIGN.md 4.4): for hosts where nothing can attach to the
+//! runtime's stdin (Nomad), the warm runtime asks the controller for its one job and streams its
+//! events back over HTTP, much like AWS Lambda's runtime API.
+//!
+//! `GET {CONTROLLER_URL}/runtime/v1/next` with `Authorization: Bearer {RUNTIME_TOKEN}` long-polls
+//! for the job (200 with the job document; 204 means "nothing yet, ask again"; 410 means "no job
+//! will come, exit"). The events then go to
+//! `POST {CONTROLLER_URL}/runtime/v1/executions/{id}/events` as one chunked NDJSON request that
+//! is written as they happen. The token file, when used, is re-read for every request because
+//! Nomad rotates workload-identity tokens. Credentials cross this link, so plain `http://` is
+//! refused unless the controller is on loopback.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use polydev_protocol::Job;
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, MAX_JOB_LINE_BYTES};
+use crate::execute::Cancel;
+use crate::transport::{Connection, Transport};
+
+/// Longest we wait for one long-poll answer; the controller answers 204 well before this.
+const POLL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Backoff between failed polls (controller restarting, network blip).
+const POLL_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Events buffered for the controller before we declare it gone.
+const EVENT_BUFFER: usize = 4096;
+/// How long the controller gets to acknowledge the finished event stream.
+const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the bearer token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    Value(String),
+    /// Re-read on every request (Nomad rotates it).
+    File(PathBuf),
+}
+
+impl TokenSource {
+    fn read(&self) -> Result<String, PullError> {
+        let token = match self {
+            TokenSource::Value(v) => v.trim().to_owned(),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| PullError::Token(format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        };
+        if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(PullError::Token(
+                "the runtime token is empty or malformed".into(),
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// The controller to pull from.
+#[derive(Debug, Clone)]
+pub struct PullConfig {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    pub token: TokenSource,
+}
+
+impl PullConfig {
+    /// Checks the URL: `https://`, or `http://` only to a loopback host.
+    pub fn new(url: &str, token: TokenSource) -> Result<PullConfig, ConfigError> {
+        let url = url.trim().trim_end_matches('/');
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| ConfigError("CONTROLLER_URL is not a valid URL".into()))?;
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if is_loopback(host) => {}
+            Some("http") => {
+                return Err(ConfigError(
+                    "CONTROLLER_URL must use https:// unless the controller is on loopback \
+                     (credentials cross this link)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(ConfigError(
+                    "CONTROLLER_URL must start with https://".into(),
+                ));
+            }
+        }
+        if host.is_empty() {
+            return Err(ConfigError("CONTROLLER_URL has no host".into()));
+        }
+        Ok(PullConfig {
+            url: url.to_owned(),
+            token,
+        })
+    }
+
+    fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+    ) -> Result<http::request::Builder, PullError> {
+        let token = self.token.read()?;
+        let mut auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            PullError::Token("the runtime token is not a valid header value".into())
+        })?;
+        auth.set_sensitive(true);
+        Ok(http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header(http::header::AUTHORIZATION, auth)
+            .header(
+                http::header::USER_AGENT,
+                concat!("polydev-runtime/", env!("CARGO_PKG_VERSION")),
+            ))
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why pull mode cannot go on.
+#[derive(Debug)]
+pub enum PullError {
+    /// The token is missing or unreadable.
+    Token(String),
+    /// The controller refused our token (401/403): retrying will not help.
+    Rejected(u16),
+    /// The controller sent something that is not a job.
+    BadJob(String),
+    /// Reporting events failed.
+    Report(String),
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PullError::Token(m) => write!(f, "runtime token: {m}"),
+            PullError::Rejected(s) => write!(f, "the controller rejected the runtime token ({s})"),
+            PullError::BadJob(m) => write!(f, "the controller sent an unusable job: {m}"),
+            PullError::Report(m) => write!(f, "reporting events to the controller failed: {m}"),
+        }
+    }
+}
+
+/// Long-polls for the job. `Ok(None)`: cancelled, or the controller said no job will come.
+pub async fn next_job(
+    transport: &Transport,
+    cfg: &PullConfig,
+    connect_timeout: Duration,
+    cancel: &mut Cancel,
+) -> Result<Option<Job>, PullError> {
+    let mut backoff = POLL_BACKOFF_MIN;
+    loop {
+        let req = cfg
+            .request(http::Method::GET, "/runtime/v1/next")?
+            .body(Bytes::new())
+            .map_err(|e| PullError::BadJob(e.to_string()))?;
+        let attempt = async {
+            let (resp, conn) = transport
+                .send(req, connect_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = read_limited(resp.into_body(), MAX_JOB_LINE_BYTES).await?;
+            drop(conn);
+            Ok::<_, String>((status, body))
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.wait_for(|c| *c) => return Ok(None),
+            r = tokio::time::timeout(POLL_TIMEOUT, attempt) => r,
+        };
+        match outcome {
+            Ok(Ok((status, body))) if status == http::StatusCode::OK => {
+                let text = std::str::from_utf8(&body)
+                    .map_err(|_| PullError::BadJob("not UTF-8".into()))?;
+                return Job::from_json(text.trim())
+                    .map(Some)
+                    .map_err(|e| PullError::BadJob(e.to_string()));
+            }
+            Ok(Ok((status, _))) if status == http::StatusCode::NO_CONTENT => {
+                backoff = POLL_BACKOFF_MIN;
+                continue;
+            }
+            Ok(Ok((status, _))) if status == http::StatusCode::GONE => return Ok(None),
+            Ok(Ok((status, _)))
+                if status == http::StatusCode::UNAUTHORIZED
+                    || status == http::StatusCode::FORBIDDEN =>
+            {
+                return Err(PullError::Rejected(status.as_u16()));
+            }
+            Ok(Ok((status, _))) => {
+                crate::output::diag(&format!("polling the controller: HTTP {status}; retrying"));
+            }
+            Ok(Err(e)) => crate::output::diag(&format!("polling the controller: {e}; retrying")),
+            Err(_) => crate::output::diag("polling the controller timed out; retrying"),
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.wait_for(|c| *c) => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(POLL_BACKOFF_MAX);
+    }
+}
+
+async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(format!("response larger than {limit} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// The open event stream to the controller: write events into [`EventReport::writer`], then
+/// [`EventReport::finish`].
+pub struct EventReport {
+    response: tokio::task::JoinHandle<
+        Result<
+            (http::Response<hyper::body::Incoming>, Connection),
+            crate::transport::TransportError,
+        >,
+    >,
+}
+
+/// A `std::io::Write` whose flushed contents become chunks of the report body. A full buffer
+/// or a closed stream is an error, which makes the execution stop: nobody is listening.
+pub struct ChannelWriter {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .try_send(chunk)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
+    }
+}
+
+/// A request body fed by a channel; it ends when every sender is gone.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Opens the chunked `POST …/events` request for `execution_id`.
+pub fn open_report(
+    transport: &Transport,
+    cfg: &PullConfig,
+    execution_id: &str,
+    connect_timeout: Duration,
+) -> Result<(EventReport, ChannelWriter), PullError> {
+    if execution_id.is_empty()
+        || !execution_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(PullError::BadJob(
+            "the job has no usable execution_id".into(),
+        ));
+    }
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let req = cfg
+        .request(
+            http::Method::POST,
+            &format!("/runtime/v1/executions/{execution_id}/events"),
+        )?
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(ChannelBody(rx))
+        .map_err(|e| PullError::Report(e.to_string()))?;
+    let transport = transport.clone();
+    let response = tokio::spawn(async move { transport.send_body(req, connect_timeout).await });
+    Ok((
+        EventReport { response },
+        ChannelWriter {
+            buf: Vec::new(),
+            tx,
+        },
+    ))
+}
+
+impl EventReport {
+    /// Waits for the controller to acknowledge the whole stream (the writer must be dropped
+    /// first, which ends the body).
+    pub async fn finish(self) -> Result<(), PullError> {
+        let joined = tokio::time::timeout(REPORT_ACK_TIMEOUT, self.response)
+            .await
+            .map_err(|_| PullError::Report("no acknowledgement from the controller".into()))?;
+        let (resp, _conn) = joined
+            .map_err(|e| PullError::Report(e.to_string()))?
+            .map_err(|e| PullError::Report(e.to_string()))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(PullError::Report(format!("HTTP {}", resp.status())))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn token() -> TokenSource {
+        TokenSource::Value("t".into())
+    }
+
+    #[test]
+    fn controller_url_rules() {
+        assert!(PullConfig::new("https://controller.example:8443/", token()).is_ok());
+        assert!(PullConfig::new("http://127.0.0.1:8080", token()).is_ok());
+        assert!(PullConfig::new("http://[::1]:8080", token()).is_ok());
+        assert!(PullConfig::new("http://localhost:8080", token()).is_ok());
+        assert!(PullConfig::new("http://10.0.0.5:8080", token()).is_err());
+        assert!(PullConfig::new("http://controller:8080", token()).is_err());
+        assert!(PullConfig::new("ftp://127.0.0.1", token()).is_err());
+        assert_eq!(
+            PullConfig::new("https://c/", token()).unwrap().url,
+            "https://c"
+        );
+    }
+
+    #[test]
+    fn token_file_is_reread_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let src = TokenSource::File(path.clone());
+        assert!(src.read().is_err());
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(src.read().unwrap(), "first");
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(src.read().unwrap(), "second");
+        std::fs::write(&path, "").unwrap();
+        assert!(src.read().is_err());
+    }
+
+    #[test]
+    fn channel_writer_sends_on_flush_and_fails_when_closed() {
+        use std::io::Write;
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut w = ChannelWriter {
+            buf: Vec::new(),
+            tx,
+        };
+        w.write_all(b"{\"type\":\"ready\"}\n").unwrap();
+        w.flush().unwrap();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Bytes::from_static(b"{\"type\":\"ready\"}\n")
+        );
+        drop(rx);
+        w.write_all(b"x").unwrap();
+        assert!(w.flush().is_err());
+    }
+}
