@@ -8,6 +8,7 @@
 //! the event log, the store, synthesizing a terminal event when a runtime dies without one)
 //! lives in the controller, once, for every backend.
 
+pub mod pool;
 pub mod process;
 
 use std::time::Duration;

@@ -1,0 +1,113 @@
+//! Server-sent event streams over execution logs (DESIGN.md 5): `id:` is the event's sequence
+//! number within its execution, `event:` its type, `data:` the runtime's event JSON plus
+//! `execution_id`. A stream ends right after the terminal event; keep-alive comments flow while
+//! it waits. The perspectives stream interleaves several executions (adding `target` and `seq`
+//! to each event's data, and no `id:`, since ids are per execution) and ends with
+//! `event: done` once every target has ended.
+//!
+//! Streams read from the shared log ([`Execution::events_after`]) and buffer at most one batch,
+//! so a slow client holds no more than that, whatever the execution produces.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+
+use crate::controller::StreamGuard;
+use crate::execution::{Execution, LoggedEvent};
+
+/// Events read from the log at a time.
+const BATCH: usize = 64;
+
+/// The logged events of `exec` with `seq > after`, ending after the terminal event.
+pub fn log_stream(exec: Arc<Execution>, after: u64) -> impl Stream<Item = LoggedEvent> + Send {
+    struct State {
+        exec: Arc<Execution>,
+        rx: tokio::sync::watch::Receiver<u64>,
+        after: u64,
+        buf: VecDeque<LoggedEvent>,
+        done: bool,
+    }
+    let rx = exec.subscribe();
+    let state = State {
+        exec,
+        rx,
+        after,
+        buf: VecDeque::new(),
+        done: false,
+    };
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if let Some(ev) = st.buf.pop_front() {
+                st.after = ev.seq;
+                st.done = ev.terminal;
+                return Some((ev, st));
+            }
+            // Mark the current version seen *before* reading, so an append between the read
+            // and the wait below still wakes us.
+            st.rx.borrow_and_update();
+            let batch = st.exec.events_after(st.after, BATCH);
+            if batch.is_empty() {
+                if st.exec.is_ended() {
+                    // Resumed at or past the terminal event: nothing more will come.
+                    return None;
+                }
+                if st.rx.changed().await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+            st.buf.extend(batch);
+        }
+    })
+}
+
+fn frame(ev: &LoggedEvent) -> SseEvent {
+    SseEvent::default()
+        .id(ev.seq.to_string())
+        .event(ev.kind)
+        .data(&*ev.data)
+}
+
+/// One execution's SSE response.
+pub fn execution_sse(
+    exec: Arc<Execution>,
+    after: u64,
+    guard: StreamGuard,
+    keepalive: std::time::Duration,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send> {
+    let s = log_stream(exec, after).map(move |ev| {
+        let _held = &guard;
+        Ok(frame(&ev))
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+}
+
+/// The perspectives SSE response: every target's events, interleaved as they come, then
+/// `done`.
+pub fn perspectives_sse(
+    execs: Vec<Arc<Execution>>,
+    guard: StreamGuard,
+    keepalive: std::time::Duration,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send> {
+    let streams = execs.into_iter().enumerate().map(|(target, exec)| {
+        log_stream(exec, 0)
+            .map(move |ev| {
+                SseEvent::default()
+                    .event(ev.kind)
+                    .data(ev.data_with_target(target))
+            })
+            .boxed()
+    });
+    let done = stream::once(async { SseEvent::default().event("done").data(r#"{"type":"done"}"#) });
+    let s = stream::select_all(streams).chain(done).map(move |ev| {
+        let _held = &guard;
+        Ok(ev)
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+}

@@ -1,0 +1,116 @@
+//! Spawns every runtime process from one dedicated thread that lives as long as the controller.
+//!
+//! Why a thread: runtimes are started with `PR_SET_PDEATHSIG(SIGKILL)` so that they die with the
+//! controller even when it is `kill -9`ed (nothing else can clean up then). But the kernel sends
+//! that signal when the *thread* that forked the child exits, not when the process does
+//! (prctl(2): "the parent" is the creating thread). Tokio's worker and blocking threads come and
+//! go (blocking threads idle out after 10 s), so a child forked from one of them could be killed
+//! at a random moment. Forking from a thread that never exits makes the parent-death signal mean
+//! exactly "the controller process died".
+//!
+//! Alternatives considered: a subreaper or a tiny supervisor process per child (one more process
+//! per execution, and still needs its own death detection); a pipe the runtime watches (needs
+//! runtime cooperation and misses a stalled runtime); cgroups (need privileges and are not
+//! available to a plain `cargo run`). The thread costs one parked OS thread and a channel hop
+//! per spawn (a few microseconds next to fork+exec).
+//!
+//! The child is still a `tokio::process::Child`: the spawner enters the caller's runtime
+//! context before spawning, so tokio registers the child (pidfd or SIGCHLD) with that runtime
+//! and the caller awaits its exit and pipes as usual.
+
+use std::ffi::OsString;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Mutex, OnceLock, mpsc};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use super::sys;
+
+/// What to run. The environment is exactly `env`: nothing is inherited from the controller.
+#[derive(Debug)]
+pub(crate) struct SpawnSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+}
+
+struct Request {
+    spec: SpawnSpec,
+    runtime: Handle,
+    reply: oneshot::Sender<io::Result<tokio::process::Child>>,
+}
+
+type SpawnerTx = mpsc::Sender<Request>;
+
+/// The spawner thread's inbox, started on first use. It is never dropped (it lives in a
+/// static), so the thread's receive loop never ends and the thread lives until the process
+/// exits.
+fn spawner() -> io::Result<SpawnerTx> {
+    static SPAWNER: OnceLock<Mutex<Option<SpawnerTx>>> = OnceLock::new();
+    let slot = SPAWNER.get_or_init(|| Mutex::new(None));
+    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = guard.as_ref() {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = mpsc::channel::<Request>();
+    std::thread::Builder::new()
+        .name("polydev-spawner".into())
+        .spawn(move || {
+            for req in rx {
+                serve(req);
+            }
+        })?;
+    *guard = Some(tx.clone());
+    Ok(tx)
+}
+
+fn serve(req: Request) {
+    let Request {
+        spec,
+        runtime,
+        reply,
+    } = req;
+    // A panic here would end this thread and, with it, SIGKILL every runtime it ever started;
+    // contain it to the one request.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let _entered = runtime.enter();
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Safety net: a `Child` dropped without being waited for is killed and handed to
+            // tokio's orphan reaper. The process backend normally waits for every child itself.
+            .kill_on_drop(true)
+            // Own process group: a Ctrl-C on the controller's terminal reaches the controller,
+            // which shuts down gracefully, instead of cancelling every runtime at once.
+            .process_group(0);
+        sys::die_with_parent(&mut cmd);
+        cmd.spawn()
+    }));
+    let result = result.unwrap_or_else(|_| Err(io::Error::other("the spawner panicked")));
+    // The caller may have given up waiting; the child is then dropped, killed and reaped.
+    let _ = reply.send(result);
+}
+
+/// Spawns `spec` from the spawner thread and returns the child, registered with the current
+/// tokio runtime. Must be called from within a tokio runtime.
+pub(crate) async fn spawn(spec: SpawnSpec) -> io::Result<tokio::process::Child> {
+    let runtime = Handle::try_current().map_err(io::Error::other)?;
+    let (reply, rx) = oneshot::channel();
+    spawner()?
+        .send(Request {
+            spec,
+            runtime,
+            reply,
+        })
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
+}

@@ -1,0 +1,541 @@
+//! The controller's core, independent of HTTP: validates and admits jobs, keeps the executions
+//! (live and recently finished) in a bounded registry, records every outcome, and runs the
+//! phased shutdown. The HTTP layer ([`crate::api`]) is a thin translation on top, and tests
+//! drive this type directly with a fake backend.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use polydev_protocol::{ErrorEvent, ErrorKind, Event, Job};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{Backend, BackendError, PoolStatus};
+use crate::config::ControllerConfig;
+use crate::execution::{Appended, CancelReason, Execution, unix_ms};
+use crate::metrics::{Gauges, Metrics, RejectReason};
+use crate::policy;
+use crate::scheduler::{Rejection, Scheduler};
+use crate::store::{Record, Store};
+
+/// How long new submissions are refused after the backend reported itself unavailable
+/// (fail fast instead of queueing work that cannot start).
+const BACKEND_DOWN_HOLD: Duration = Duration::from_secs(5);
+/// Bound on `Backend::shutdown`.
+const BACKEND_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The job is invalid; the message is for the caller.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the controller is at capacity")]
+    AtCapacity,
+    #[error("too many active executions for this user")]
+    UserLimit,
+    #[error("the controller is shutting down")]
+    ShuttingDown,
+    #[error("the backend cannot start runtimes right now")]
+    Unavailable,
+}
+
+/// Where an execution was found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// In memory, with its events.
+    Live(Arc<Execution>),
+    /// Only its record is left.
+    Stored(Box<Record>),
+    Missing,
+}
+
+/// The controller; cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("backend", &self.shared.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ControllerConfig,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) store: Store,
+    pub(crate) metrics: Metrics,
+    registry: Mutex<Registry>,
+    tracker: TaskTracker,
+    stop_background: CancellationToken,
+    shutting_down: AtomicBool,
+    streams: AtomicUsize,
+    backend_down_until: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    map: HashMap<String, Arc<Execution>>,
+    /// Finished executions, oldest first: (ended, id, log bytes).
+    finished: VecDeque<(Instant, String, u64)>,
+    finished_bytes: u64,
+}
+
+/// Holds one of the `max_streams` stream slots; dropping it frees the slot.
+pub struct StreamGuard {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StreamGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamGuard")
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.shared.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Controller {
+    /// A controller over `backend`, recording into `store`. Call from within a Tokio runtime
+    /// (it starts the retention task).
+    pub fn new(config: ControllerConfig, backend: Arc<dyn Backend>, store: Store) -> Controller {
+        let scheduler = Scheduler::new(
+            config.max_concurrency,
+            config.queue_size,
+            config.max_per_user,
+        );
+        let shared = Arc::new(Shared {
+            config,
+            backend,
+            scheduler,
+            store,
+            metrics: Metrics::default(),
+            registry: Mutex::new(Registry::default()),
+            tracker: TaskTracker::new(),
+            stop_background: CancellationToken::new(),
+            shutting_down: AtomicBool::new(false),
+            streams: AtomicUsize::new(0),
+            backend_down_until: Mutex::new(None),
+        });
+        spawn_reaper(&shared);
+        Controller { shared }
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.shared.config
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.shared.backend
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Admits one job (its `execution_id` must be unset: the controller assigns it).
+    pub fn submit(&self, job: Job) -> Result<Arc<Execution>, SubmitError> {
+        let mut v = self.submit_many(vec![job])?;
+        v.pop().ok_or(SubmitError::AtCapacity)
+    }
+
+    /// Admits several jobs of one user, all or none (perspectives).
+    pub fn submit_many(&self, mut jobs: Vec<Job>) -> Result<Vec<Arc<Execution>>, SubmitError> {
+        let sh = &self.shared;
+        if self.is_shutting_down() {
+            sh.metrics.rejected(RejectReason::ShuttingDown);
+            return Err(SubmitError::ShuttingDown);
+        }
+        for job in &mut jobs {
+            prepare(job, &sh.config)?;
+        }
+        let user = match jobs.first().and_then(|j| j.user_id.clone()) {
+            Some(u) => u,
+            None => return Err(SubmitError::Invalid("no job".into())),
+        };
+        if jobs
+            .iter()
+            .any(|j| j.user_id.as_deref() != Some(user.as_str()))
+        {
+            return Err(SubmitError::Invalid(
+                "all jobs must have the same user_id".into(),
+            ));
+        }
+        if self.backend_down() {
+            sh.metrics.rejected(RejectReason::Unavailable);
+            return Err(SubmitError::Unavailable);
+        }
+        let admissions = sh.scheduler.admit_many(&user, jobs.len()).map_err(|r| {
+            let (reason, err) = match r {
+                Rejection::Full => (RejectReason::AtCapacity, SubmitError::AtCapacity),
+                Rejection::UserLimit => (RejectReason::UserLimit, SubmitError::UserLimit),
+                Rejection::Closed => (RejectReason::ShuttingDown, SubmitError::ShuttingDown),
+            };
+            sh.metrics.rejected(reason);
+            err
+        })?;
+        sh.metrics.accepted(jobs.len());
+        let mut out = Vec::with_capacity(jobs.len());
+        for (mut job, admission) in jobs.into_iter().zip(admissions) {
+            let id = new_execution_id();
+            job.execution_id = Some(id.clone());
+            let exec = Arc::new(Execution::new(
+                id.clone(),
+                user.clone(),
+                job.provider,
+                job.model.clone().unwrap_or_default(),
+                sh.config.max_event_log_bytes,
+            ));
+            exec.append(&exec.start_event());
+            lock(&sh.registry).map.insert(id.clone(), Arc::clone(&exec));
+            sh.store.put(exec.record());
+            tracing::info!(
+                execution_id = %id,
+                user_id = %user,
+                provider = %job.provider,
+                model = %exec.model,
+                "execution accepted"
+            );
+            let driver =
+                crate::driver::drive(Arc::clone(&self.shared), Arc::clone(&exec), job, admission);
+            sh.tracker.spawn(driver);
+            out.push(exec);
+        }
+        Ok(out)
+    }
+
+    /// The live execution `id`, if still in memory.
+    pub fn get(&self, id: &str) -> Option<Arc<Execution>> {
+        lock(&self.shared.registry).map.get(id).cloned()
+    }
+
+    /// Finds `id` in memory or, failing that, in the store.
+    pub async fn lookup(&self, id: &str) -> Result<Lookup, crate::store::StoreError> {
+        if let Some(e) = self.get(id) {
+            return Ok(Lookup::Live(e));
+        }
+        Ok(match self.shared.store.get(id).await? {
+            Some(r) => Lookup::Stored(Box::new(r)),
+            None => Lookup::Missing,
+        })
+    }
+
+    /// Requests cancellation of `id`; idempotent. `None` when it is not in memory.
+    pub fn cancel(&self, id: &str) -> Option<Arc<Execution>> {
+        let exec = self.get(id)?;
+        if exec.request_cancel(CancelReason::Client) {
+            tracing::info!(execution_id = %id, "cancel requested");
+        }
+        Some(exec)
+    }
+
+    /// Takes one stream slot, or `None` when `max_streams` are open.
+    pub fn stream_guard(&self) -> Option<StreamGuard> {
+        let max = self.shared.config.max_streams;
+        self.shared
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamGuard {
+                shared: Arc::clone(&self.shared),
+            })
+    }
+
+    pub fn pool_status(&self) -> PoolStatus {
+        self.shared.backend.pool_status()
+    }
+
+    pub fn set_pool_size(&self, size: usize) -> Result<(), BackendError> {
+        self.shared.backend.set_pool_size(size)
+    }
+
+    pub fn load(&self) -> crate::scheduler::Load {
+        self.shared.scheduler.load()
+    }
+
+    /// Executions in memory (live and retained).
+    pub fn retained(&self) -> usize {
+        lock(&self.shared.registry).map.len()
+    }
+
+    /// Executions ended so far (every outcome).
+    pub fn ended_total(&self) -> u64 {
+        self.shared.metrics.ended_total()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let sh = &self.shared;
+        sh.metrics.render(&Gauges {
+            load: sh.scheduler.load(),
+            pool: sh.backend.pool_status(),
+            streams: sh.streams.load(Ordering::Relaxed),
+            retained: self.retained(),
+            backend: sh.backend.name(),
+        })
+    }
+
+    /// Waits until every record written so far is committed to the store.
+    pub async fn flush(&self) {
+        self.shared.store.flush().await;
+    }
+
+    /// Waits until every admitted execution has ended and its driver is done (tests).
+    pub async fn wait_idle(&self) {
+        loop {
+            let active = lock(&self.shared.registry)
+                .map
+                .values()
+                .any(|e| !e.is_ended());
+            let load = self.shared.scheduler.load();
+            if !active && load.running == 0 && load.queued == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Phased shutdown: stop admitting; let running executions finish within the grace; cancel
+    /// the rest (they end `interrupted`); end anything still open so that every client stream
+    /// receives its terminal event; stop the backend; flush the store.
+    pub async fn shutdown(&self) {
+        let sh = &self.shared;
+        if sh.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let active = self.active().len();
+        tracing::info!(
+            active,
+            grace_ms = sh.config.shutdown_grace.as_millis() as u64,
+            "shutting down: no longer admitting"
+        );
+        // Queued executions end at once: their drivers see the closed queue.
+        sh.scheduler.close();
+        sh.tracker.close();
+        if tokio::time::timeout(sh.config.shutdown_grace, sh.tracker.wait())
+            .await
+            .is_err()
+        {
+            let rest = self.active();
+            tracing::info!(
+                count = rest.len(),
+                "grace over: cancelling running executions"
+            );
+            for e in &rest {
+                e.request_cancel(CancelReason::Shutdown);
+            }
+            // Each driver ends its execution within `cancel_wait` even if the runtime hangs.
+            let bound = sh.config.cancel_wait + Duration::from_secs(1);
+            if tokio::time::timeout(bound, sh.tracker.wait())
+                .await
+                .is_err()
+            {
+                for e in self.active() {
+                    let err = ErrorEvent {
+                        partial: e.output_started(),
+                        ..ErrorEvent::new(
+                            ErrorKind::Interrupted,
+                            "the controller shut down before the execution finished",
+                        )
+                    };
+                    sh.end(&e, Event::Error(err));
+                }
+            }
+        }
+        sh.stop_background.cancel();
+        if tokio::time::timeout(BACKEND_SHUTDOWN_TIMEOUT, sh.backend.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!("the backend did not shut down in time");
+        }
+        sh.store.flush().await;
+        tracing::info!("controller stopped");
+    }
+
+    fn active(&self) -> Vec<Arc<Execution>> {
+        lock(&self.shared.registry)
+            .map
+            .values()
+            .filter(|e| !e.is_ended())
+            .cloned()
+            .collect()
+    }
+
+    fn backend_down(&self) -> bool {
+        let mut g = lock(&self.shared.backend_down_until);
+        match *g {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *g = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+impl Shared {
+    /// Logs `event` as the execution's terminal event if it has none yet, and records the
+    /// outcome. The one place an execution ends.
+    pub(crate) fn end(&self, exec: &Arc<Execution>, event: Event) {
+        if exec.append(&event) == Appended::Terminal {
+            self.ended(exec);
+        }
+    }
+
+    /// Bookkeeping once an execution has logged its terminal event.
+    pub(crate) fn ended(&self, exec: &Arc<Execution>) {
+        self.store.put(exec.record());
+        let outcome = exec.outcome().unwrap_or("internal");
+        let ttft = exec.ttft();
+        let duration = exec.duration();
+        self.metrics
+            .ended(exec.provider.as_str(), outcome, ttft, duration);
+        tracing::info!(
+            execution_id = %exec.id,
+            outcome,
+            status = exec.status().as_str(),
+            ttft_ms = ttft.map(|d| d.as_millis() as u64),
+            duration_ms = duration.map(|d| d.as_millis() as u64),
+            "execution ended"
+        );
+        let mut r = lock(&self.registry);
+        let bytes = exec.log_bytes();
+        r.finished
+            .push_back((Instant::now(), exec.id.clone(), bytes));
+        r.finished_bytes += bytes;
+        while r.finished.len() > self.config.max_retained
+            || r.finished_bytes > self.config.retained_bytes
+        {
+            if !evict_oldest(&mut r) {
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn backend_unavailable(&self) {
+        *lock(&self.backend_down_until) = Some(Instant::now() + BACKEND_DOWN_HOLD);
+    }
+
+    pub(crate) fn backend_available(&self) {
+        *lock(&self.backend_down_until) = None;
+    }
+}
+
+fn evict_oldest(r: &mut Registry) -> bool {
+    match r.finished.pop_front() {
+        Some((_, id, bytes)) => {
+            r.map.remove(&id);
+            r.finished_bytes = r.finished_bytes.saturating_sub(bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Drops finished executions older than the retention period, periodically.
+fn spawn_reaper(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let stop = shared.stop_background.clone();
+    let retention = shared.config.event_retention;
+    let period = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            let now = Instant::now();
+            let mut r = lock(&shared.registry);
+            while r
+                .finished
+                .front()
+                .is_some_and(|(ended, _, _)| now.duration_since(*ended) >= retention)
+            {
+                evict_oldest(&mut r);
+            }
+        }
+    });
+}
+
+/// Validates a submitted job and fills in what the controller decides.
+fn prepare(job: &mut Job, config: &ControllerConfig) -> Result<(), SubmitError> {
+    if job.execution_id.is_some() {
+        return Err(SubmitError::Invalid(
+            "execution_id is assigned by the controller: leave it out".into(),
+        ));
+    }
+    policy::check_user_id(job.user_id.as_deref()).map_err(SubmitError::Invalid)?;
+    if job
+        .model
+        .as_ref()
+        .is_some_and(|m| m.len() > crate::config::MAX_MODEL_BYTES)
+    {
+        return Err(SubmitError::Invalid(format!(
+            "model is longer than {} bytes",
+            crate::config::MAX_MODEL_BYTES
+        )));
+    }
+    job.validate()
+        .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+    if let Some(url) = &job.base_url {
+        policy::base_url_allowed(url, &config.allowed_base_urls).map_err(SubmitError::Invalid)?;
+    }
+    if job.model.is_none() {
+        job.model = Some(polydev_providers::default_model(job.provider).to_owned());
+    }
+    Ok(())
+}
+
+/// `ex_` + creation time (ms, hex) + 64 random bits: unique across restarts, sortable by time,
+/// not guessable.
+pub fn new_execution_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let ms = unix_ms(SystemTime::now());
+    // RandomState is seeded from the OS's random source; SipHash of a counter under its keys
+    // is unpredictable without them.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.write_u64(ms);
+    format!("ex_{ms:011x}{:016x}", h.finish())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent; a panic elsewhere does not poison it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_well_formed() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_execution_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert!(id.starts_with("ex_"));
+            assert_eq!(id.len(), 3 + 11 + 16);
+            assert!(id[3..].chars().all(|c| c.is_ascii_hexdigit()));
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The execution records: one SQLite row per execution (who, provider, model, status,
+//! timestamps, time to first token, usage, finish reason or error kind, warm or cold). No
+//! prompt, answer, error message or credential is ever written: those may hold user data or
+//! secrets, and the row must be safe to keep and to query.
+//!
+//! SQLite calls block, so one dedicated thread owns the connection and takes commands over a
+//! channel; writes queued while it works are applied in one transaction. The channel is
+//! unbounded but its contents are bounded by admission: at most three writes per admitted
+//! execution, and admitted executions are bounded by the scheduler. Senders never wait, so a
+//! slow disk never stalls a stream, and writes can be issued from `Drop`.
+//!
+//! On open, rows a crash left `queued` or `running` are marked `failed` / `interrupted`.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use polydev_protocol::Usage;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::execution::unix_ms;
+
+/// Why the store could not be opened or read. Messages name no file path (they may reach an
+/// operator's log, never a client).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store thread is gone")]
+    Closed,
+    #[error("cannot start the store thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One execution's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub model: String,
+    pub status: String,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub ttft_ms: Option<u64>,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<String>,
+    pub error_kind: Option<String>,
+    pub warm: Option<bool>,
+}
+
+enum Command {
+    Upsert(Box<Record>),
+    Get(String, oneshot::Sender<Result<Option<Record>, StoreError>>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle to the store thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Upsert(r) => write!(f, "Upsert({})", r.id),
+            Command::Get(id, _) => write!(f, "Get({id})"),
+            Command::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER,
+    ended_at_ms INTEGER,
+    ttft_ms INTEGER,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    reasoning_tokens INTEGER,
+    cache_read_tokens INTEGER,
+    cache_write_tokens INTEGER,
+    finish_reason TEXT,
+    error_kind TEXT,
+    warm INTEGER
+);
+CREATE INDEX IF NOT EXISTS executions_user_created ON executions (user_id, created_at_ms);
+CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
+";
+
+/// Most writes applied in one transaction.
+const BATCH: usize = 512;
+
+impl Store {
+    /// Opens (or creates) the database at `path`, marks rows a crash left non-terminal as
+    /// `failed`/`interrupted`, and starts the store thread. Returns how many rows were marked.
+    pub fn open(path: &Path) -> Result<(Store, usize), StoreError> {
+        let conn = Connection::open(path)?;
+        Self::start(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Self::start(Connection::open_in_memory()?).map(|(s, _)| s)
+    }
+
+    fn start(conn: Connection) -> Result<(Store, usize), StoreError> {
+        // WAL: readers never block the writer; NORMAL sync is durable across process crashes
+        // (only an OS crash can lose the last transactions).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let interrupted = conn.execute(
+            "UPDATE executions SET status = 'failed', error_kind = 'interrupted', \
+             ended_at_ms = ?1 WHERE status IN ('queued', 'running')",
+            params![unix_ms(std::time::SystemTime::now()) as i64],
+        )?;
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("polydev-store".into())
+            .spawn(move || run(conn, rx))
+            .map_err(StoreError::Thread)?;
+        Ok((Store { tx }, interrupted))
+    }
+
+    /// Writes (inserts or replaces) a record; never waits.
+    pub fn put(&self, record: Record) {
+        if self.tx.send(Command::Upsert(Box::new(record))).is_err() {
+            tracing::error!("execution record lost: the store thread is gone");
+        }
+    }
+
+    /// Reads one record.
+    pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Get(id.to_owned(), tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until every write sent before this call is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
+    while let Ok(first) = rx.recv() {
+        let mut writes = Vec::new();
+        let mut others = Vec::new();
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Upsert(r) => writes.push(r),
+                other => others.push(other),
+            }
+            if writes.len() + others.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !writes.is_empty()
+            && let Err(e) = write_batch(&mut conn, &writes)
+        {
+            tracing::error!(error = %e, count = writes.len(), "cannot write execution records");
+        }
+        for cmd in others {
+            match cmd {
+                Command::Get(id, reply) => {
+                    let _ = reply.send(read(&conn, &id).map_err(StoreError::from));
+                }
+                Command::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                Command::Upsert(_) => {}
+            }
+        }
+    }
+    // Every handle is gone: checkpoint so the WAL does not linger.
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn write_batch(conn: &mut Connection, records: &[Box<Record>]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO executions (id, user_id, provider, model, status, created_at_ms, \
+             started_at_ms, ended_at_ms, ttft_ms, input_tokens, output_tokens, reasoning_tokens, \
+             cache_read_tokens, cache_write_tokens, finish_reason, error_kind, warm) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+             ON CONFLICT(id) DO UPDATE SET model = excluded.model, status = excluded.status, \
+             started_at_ms = excluded.started_at_ms, ended_at_ms = excluded.ended_at_ms, \
+             ttft_ms = excluded.ttft_ms, input_tokens = excluded.input_tokens, \
+             output_tokens = excluded.output_tokens, reasoning_tokens = excluded.reasoning_tokens, \
+             cache_read_tokens = excluded.cache_read_tokens, \
+             cache_write_tokens = excluded.cache_write_tokens, \
+             finish_reason = excluded.finish_reason, error_kind = excluded.error_kind, \
+             warm = excluded.warm",
+        )?;
+        for r in records {
+            let u = r.usage.as_ref();
+            stmt.execute(params![
+                r.id,
+                r.user_id,
+                r.provider,
+                r.model,
+                r.status,
+                opt_i64(Some(r.created_at_ms)),
+                opt_i64(r.started_at_ms),
+                opt_i64(r.ended_at_ms),
+                opt_i64(r.ttft_ms),
+                opt_i64(u.map(|u| u.input_tokens)),
+                opt_i64(u.map(|u| u.output_tokens)),
+                opt_i64(u.and_then(|u| u.reasoning_tokens)),
+                opt_i64(u.and_then(|u| u.cache_read_tokens)),
+                opt_i64(u.and_then(|u| u.cache_write_tokens)),
+                r.finish_reason,
+                r.error_kind,
+                r.warm,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+fn read(conn: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, user_id, provider, model, status, created_at_ms, started_at_ms, ended_at_ms, \
+         ttft_ms, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, \
+         cache_write_tokens, finish_reason, error_kind, warm FROM executions WHERE id = ?1",
+    )?;
+    stmt.query_row(params![id], |row| {
+        let u = |i: usize| -> rusqlite::Result<Option<u64>> {
+            Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+        };
+        let usage = match (u(9)?, u(10)?) {
+            (Some(input_tokens), Some(output_tokens)) => Some(Usage {
+                input_tokens,
+                output_tokens,
+                reasoning_tokens: u(11)?,
+                cache_read_tokens: u(12)?,
+                cache_write_tokens: u(13)?,
+            }),
+            _ => None,
+        };
+        Ok(Record {
+            id: row.get(0)?,
+            user_id: row.get(1)?,
+            provider: row.get(2)?,
+            model: row.get(3)?,
+            status: row.get(4)?,
+            created_at_ms: u(5)?.unwrap_or(0),
+            started_at_ms: u(6)?,
+            ended_at_ms: u(7)?,
+            ttft_ms: u(8)?,
+            usage,
+            finish_reason: row.get(14)?,
+            error_kind: row.get(15)?,
+            warm: row.get(16)?,
+        })
+    })
+    .optional()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, status: &str) -> Record {
+        Record {
+            id: id.into(),
+            user_id: "u".into(),
+            provider: "openai".into(),
+            model: "m".into(),
+            status: status.into(),
+            created_at_ms: 1,
+            started_at_ms: None,
+            ended_at_ms: None,
+            ttft_ms: None,
+            usage: None,
+            finish_reason: None,
+            error_kind: None,
+            warm: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn upsert_and_read_back() {
+        let s = Store::in_memory().unwrap();
+        s.put(record("a", "queued"));
+        let mut done = record("a", "succeeded");
+        done.usage = Some(Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+            ..Usage::default()
+        });
+        done.warm = Some(true);
+        done.ttft_ms = Some(12);
+        s.put(done.clone());
+        assert_eq!(s.get("a").await.unwrap(), Some(done));
+        assert_eq!(s.get("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reopening_marks_unfinished_rows_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let (s, n) = Store::open(&path).unwrap();
+            assert_eq!(n, 0);
+            s.put(record("q", "queued"));
+            s.put(record("r", "running"));
+            s.put(record("d", "succeeded"));
+            s.flush().await;
+        }
+        let (s, n) = Store::open(&path).unwrap();
+        assert_eq!(n, 2);
+        let r = s.get("r").await.unwrap().unwrap();
+        assert_eq!(r.status, "failed");
+        assert_eq!(r.error_kind.as_deref(), Some("interrupted"));
+        assert!(r.ended_at_ms.is_some());
+        assert_eq!(s.get("d").await.unwrap().unwrap().status, "succeeded");
+    }
+}
