@@ -14,6 +14,9 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "FROM-scratch images for the Docker tests (deploy/docker/build.sh)"
+deploy/docker/build.sh --skip-without-docker
+
 step "cargo test --workspace"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

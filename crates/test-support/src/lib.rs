@@ -2,6 +2,8 @@
 //! copy: obvious fake credentials (with a canary that must never be printed), emulator handles,
 //! and a runner for the `polydev-runtime` binary that collects its events and exit code.
 
+pub mod docker;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -81,24 +83,12 @@ pub struct RunOutput {
 impl RunOutput {
     /// The concatenated `text` events.
     pub fn text(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        self.events.iter().filter_map(Event::as_text).collect()
     }
 
     /// The concatenated `reasoning` events.
     pub fn reasoning(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Reasoning { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        self.events.iter().filter_map(Event::as_reasoning).collect()
     }
 
     /// The one terminal event; panics (test failure) unless there is exactly one and it is last.
