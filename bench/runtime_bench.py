@@ -521,6 +521,14 @@ def write_markdown(path: Path, ctx: dict[str, Any]) -> None:
       f"run are in `{ctx['json_rel']}`. This is a benchmark, not a timed test: figures move with "
       "the machine and its load.")
     a("")
+    a("Other benchmarks, each with its own command and page:")
+    a("")
+    a("- [benchmarks-controller.md](benchmarks-controller.md) (`scripts/bench-controller.sh`): "
+      "warm-pool claim to first upstream byte, time to first token added by the controller, "
+      "concurrent streams on the process backend.")
+    a("- [benchmarks-density.md](benchmarks-density.md) (`bench/density/run.sh`): many hardened "
+      "runtime containers at once on one host.")
+    a("")
     a("## Runtime: one 1000-chunk streaming execution")
     a("")
     a(f"- Date: {ctx['date']}")
