@@ -36,8 +36,20 @@ pub const ENV_MAX_STREAMS: &str = "POLYDEV_MAX_STREAMS";
 pub const ENV_SSE_KEEPALIVE: &str = "POLYDEV_SSE_KEEPALIVE";
 pub const ENV_SHUTDOWN_GRACE: &str = "POLYDEV_SHUTDOWN_GRACE";
 pub const ENV_MAX_EXECUTION_TIME: &str = "POLYDEV_MAX_EXECUTION_TIME";
+pub const ENV_RUNTIME_MODE: &str = "POLYDEV_RUNTIME_MODE";
+pub const ENV_PUBLIC_URL: &str = "POLYDEV_PUBLIC_URL";
+pub const ENV_TLS_CERT: &str = "POLYDEV_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "POLYDEV_TLS_KEY";
+pub const ENV_TLS_CA: &str = "POLYDEV_TLS_CA";
 pub const ENV_RUNTIME: &str = "POLYDEV_RUNTIME";
 pub const ENV_LOG: &str = "POLYDEV_LOG";
+pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
+pub const ENV_DOCKER_NETWORK: &str = "POLYDEV_DOCKER_NETWORK";
+pub const ENV_DOCKER_IMAGE: &str = "POLYDEV_DOCKER_IMAGE";
+pub const ENV_DOCKER_MEMORY: &str = "POLYDEV_DOCKER_MEMORY";
+pub const ENV_DOCKER_PIDS: &str = "POLYDEV_DOCKER_PIDS";
+pub const ENV_DOCKER_CPUS: &str = "POLYDEV_DOCKER_CPUS";
+pub const ENV_DOCKER_INSTANCE: &str = "POLYDEV_DOCKER_INSTANCE";
 /// The runtime's own variables, passed on to every runtime the process backend starts.
 pub const RUNTIME_PASSTHROUGH: [&str; 10] = [
     "OPENAI_BASE_URL",
@@ -198,6 +210,9 @@ pub enum Command {
     /// Print how many concurrent executions a machine supports, from the measured per-execution
     /// footprint, next to the original design's 256 MB / 0.1-core arithmetic.
     Capacity(CapacityArgs),
+    /// Print the Nomad runtime job exactly as POLYDEV_BACKEND=nomad registers it, as
+    /// {"Job": {...}} for `nomad job run -json`.
+    NomadSpec(Box<crate::backend::nomad::NomadSpecArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -218,9 +233,9 @@ pub struct CapacityArgs {
 pub enum BackendKind {
     /// Local child processes (default, zero setup).
     Process,
-    /// Docker containers over the Engine API (not built yet).
+    /// Hardened Docker containers over the Engine API's unix socket.
     Docker,
-    /// Nomad parameterized batch jobs (not built yet).
+    /// Nomad parameterized batch jobs; runtimes pull their job (NOMAD_ADDR, NOMAD_TOKEN…).
     Nomad,
 }
 
@@ -318,6 +333,15 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub runtime_env: RuntimeEnvArgs,
+
+    #[command(flatten)]
+    pub docker: DockerArgs,
+
+    #[command(flatten)]
+    pub nomad: crate::backend::nomad::NomadArgs,
+
+    #[command(flatten)]
+    pub runtime_api: RuntimeApiArgs,
 }
 
 /// The runtime's own settings, passed on to every runtime this controller starts.
@@ -380,6 +404,126 @@ impl RuntimeEnvArgs {
     }
 }
 
+/// Settings of the Docker backend (`POLYDEV_BACKEND=docker`); ignored by the others.
+#[derive(Debug, Clone, Args)]
+pub struct DockerArgs {
+    /// Docker backend: the engine's socket, as unix:///path. Default: unix:///var/run/docker.sock.
+    #[arg(long, env = ENV_DOCKER_HOST)]
+    pub docker_host: Option<String>,
+    /// Docker backend: network of runtime containers: `polydev` (a bridge network without
+    /// inter-container traffic, created if missing), `host` (runtimes reach the host's
+    /// loopback), or the name of an existing network.
+    #[arg(long, env = ENV_DOCKER_NETWORK, default_value = "polydev")]
+    pub docker_network: String,
+    /// Docker backend: the runtime image, with a pinned tag.
+    #[arg(long, env = ENV_DOCKER_IMAGE, default_value = crate::backend::docker::DEFAULT_IMAGE)]
+    pub docker_image: String,
+    /// Docker backend: memory limit of each runtime container (e.g. 32M; at least 6M).
+    #[arg(long, env = ENV_DOCKER_MEMORY, value_parser = parse_size, default_value = "32M")]
+    pub docker_memory: u64,
+    /// Docker backend: process (thread) limit of each runtime container.
+    #[arg(long, env = ENV_DOCKER_PIDS, default_value_t = crate::backend::docker::DEFAULT_PIDS)]
+    pub docker_pids: u32,
+    /// Docker backend: CPU limit of each runtime container, in cores (e.g. 0.5). Default: none.
+    #[arg(long, env = ENV_DOCKER_CPUS)]
+    pub docker_cpus: Option<f64>,
+    /// Docker backend: this controller's name on the engine. Its containers carry it as a
+    /// label, and at start the containers a previous run with the same name left are removed:
+    /// controllers sharing one engine need different names.
+    #[arg(long, env = ENV_DOCKER_INSTANCE, default_value = crate::backend::docker::DEFAULT_INSTANCE)]
+    pub docker_instance: String,
+}
+
+/// How runtimes get their job (DESIGN.md 4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeMode {
+    /// The job is written to the runtime's stdin (process and Docker backends).
+    Stdin,
+    /// The runtime fetches its job from this controller's runtime API at POLYDEV_PUBLIC_URL with
+    /// a per-instance token, and posts its events back (as on Nomad).
+    Pull,
+}
+
+/// HTTPS, and the runtime API that pull-mode runtimes call.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeApiArgs {
+    /// How runtimes get their job: `stdin`, or `pull` (process backend: runtimes long-poll
+    /// GET /runtime/v1/next with a per-instance token file and POST their events back, as Nomad
+    /// runtimes do).
+    #[arg(long, env = ENV_RUNTIME_MODE, value_enum, default_value_t = RuntimeMode::Stdin)]
+    pub runtime_mode: RuntimeMode,
+
+    /// URL pull-mode runtimes use to reach this controller (given to them as CONTROLLER_URL):
+    /// https://, or http:// on a loopback address only. Default: this controller's listen
+    /// address (127.0.0.1 when it listens on all addresses), https:// when serving HTTPS.
+    #[arg(long, env = ENV_PUBLIC_URL)]
+    pub public_url: Option<String>,
+
+    /// Serve HTTPS (client and runtime API alike) with this PEM certificate chain, leaf first.
+    #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of POLYDEV_TLS_CERT.
+    #[arg(long, env = ENV_TLS_KEY, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) pull-mode runtimes must trust to reach POLYDEV_PUBLIC_URL (a
+    /// certificate from a private CA); added to their EXTRA_CA_CERTS.
+    #[arg(long, env = ENV_TLS_CA)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl RuntimeApiArgs {
+    /// The HTTPS configuration, when POLYDEV_TLS_CERT and POLYDEV_TLS_KEY are set.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::server_config(cert, key)
+                    .map(Some)
+                    .map_err(|e| ConfigError::Invalid {
+                        setting: ENV_TLS_CERT,
+                        reason: e.to_string(),
+                    })
+            }
+            (None, None) => Ok(None),
+            _ => Err(ConfigError::Invalid {
+                setting: ENV_TLS_CERT,
+                reason: format!("{ENV_TLS_CERT} and {ENV_TLS_KEY} go together"),
+            }),
+        }
+    }
+
+    /// `CONTROLLER_URL` for pull-mode runtimes, once the listener is bound to `bound`:
+    /// POLYDEV_PUBLIC_URL, or this controller's own address. Plain http:// to a non-loopback
+    /// host is refused: the jobs, with the users' keys, cross that link.
+    pub fn public_url(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+        let url = match &self.public_url {
+            Some(u) => u.clone(),
+            None => {
+                let scheme = if self.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let ip = match bound.ip() {
+                    std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                    }
+                    std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                    }
+                    ip => ip,
+                };
+                format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
+            }
+        };
+        crate::backend::pull::check_runtime_url(&url).map_err(|e| ConfigError::Invalid {
+            setting: ENV_PUBLIC_URL,
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// A setting is unusable; the message names the setting, never a secret value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -431,8 +575,8 @@ impl ServeArgs {
         }
         match self.backend {
             BackendKind::Process => {}
-            BackendKind::Docker => return Err(ConfigError::BackendNotBuilt("docker")),
-            BackendKind::Nomad => return Err(ConfigError::BackendNotBuilt("nomad")),
+            BackendKind::Docker => {}
+            BackendKind::Nomad => {}
         }
         let max_concurrency = match self.max_concurrency {
             Some(0) => {
@@ -590,10 +734,22 @@ mod tests {
     }
 
     #[test]
-    fn docker_and_nomad_say_not_built_yet() {
-        let cli = parse(&["--backend", "docker", "--max-concurrency", "1"]);
-        let err = cli.serve.controller_config().unwrap_err().to_string();
-        assert!(err.contains("not built yet"), "{err}");
+    fn nomad_backend_settings() {
+        let cli = parse(&[
+            "--backend",
+            "nomad",
+            "--max-concurrency",
+            "1",
+            "--nomad-datacenters",
+            "dc1,dc2",
+            "--nomad-image",
+            "reg/polydev-runtime:1.2.3",
+        ]);
+        assert!(cli.serve.controller_config().is_ok());
+        let job = cli.serve.nomad.job_config("https://c.example");
+        assert_eq!(job.datacenters, ["dc1", "dc2"]);
+        assert_eq!(job.image, "reg/polydev-runtime:1.2.3");
+        assert_eq!(job.job_id, "polydev-runtime");
     }
 
     #[test]
@@ -611,6 +767,35 @@ mod tests {
         );
         let cli = parse(&["--allowed-base-urls", "ftp://x", "--max-concurrency", "1"]);
         assert!(cli.serve.controller_config().is_err());
+    }
+
+    #[test]
+    fn runtime_api_settings() {
+        let bound: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let cli = parse(&["--runtime-mode", "pull"]);
+        let ra = &cli.serve.runtime_api;
+        assert_eq!(ra.runtime_mode, RuntimeMode::Pull);
+        assert_eq!(ra.public_url(bound).unwrap(), "http://127.0.0.1:8443");
+        assert!(ra.tls().unwrap().is_none());
+        let cli = parse(&["--public-url", "http://10.1.2.3:8080"]);
+        let err = cli.serve.runtime_api.public_url(bound).unwrap_err();
+        assert!(err.to_string().contains(ENV_PUBLIC_URL), "{err}");
+        let cli = parse(&["--public-url", "https://controller.internal:8443/"]);
+        assert_eq!(
+            cli.serve.runtime_api.public_url(bound).unwrap(),
+            "https://controller.internal:8443"
+        );
+        // A certificate needs its key.
+        let argv = ["polydev-controller", "--tls-cert", "/nonexistent.pem"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        let cli = parse(&[
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.key",
+        ]);
+        let err = cli.serve.runtime_api.tls().unwrap_err().to_string();
+        assert!(err.contains(ENV_TLS_CERT), "{err}");
     }
 
     #[test]

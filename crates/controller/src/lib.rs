@@ -11,9 +11,10 @@
 //!   terminal event;
 //! - [`execution`] is one execution's numbered event log, the single source for every stream.
 //!
-//! [`run`] serves an [`api::app`] on a listener until a shutdown future resolves; `main` only
-//! wires real resources (listener, SQLite file, process backend, signals), so tests run the
-//! same code on port 0 with a fake backend and a shutdown they trigger.
+//! [`run`] (or [`run_tls`], for HTTPS) serves an [`api::app`] on a listener until a shutdown
+//! future resolves; `main` only wires real resources (listener, TLS files, SQLite file,
+//! backend, signals), so tests run the same code on port 0 with a fake backend and a shutdown
+//! they trigger.
 
 pub mod api;
 pub mod backend;
@@ -27,6 +28,7 @@ pub mod policy;
 pub mod scheduler;
 pub mod store;
 pub mod testing;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -50,10 +52,41 @@ pub async fn run(
     controller: Controller,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Events are small and must leave at once.
-        let _ = tcp.set_nodelay(true);
-    });
+    run_tls(listener, None, controller, shutdown).await
+}
+
+/// [`run`], serving HTTPS when `tls` is set (see [`tls`]); the client API and the runtime API
+/// are the same router either way.
+pub async fn run_tls(
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    controller: Controller,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            serve_on(listener, controller, shutdown).await
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                // Events are small and must leave at once.
+                let _ = tcp.set_nodelay(true);
+            });
+            serve_on(listener, controller, shutdown).await
+        }
+    }
+}
+
+async fn serve_on<L>(
+    listener: L,
+    controller: Controller,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (stop_http, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app(controller.clone())).with_graceful_shutdown(async {
         let _ = stop_http_rx.await;

@@ -5,13 +5,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use polydev_controller::backend::Backend;
+use polydev_controller::backend::docker::{DockerBackend, DockerBackendConfig, record_interrupted};
 use polydev_controller::backend::process::{
-    ProcessBackend, ProcessBackendConfig, find_runtime, raise_nofile_limit,
+    ProcessBackend, ProcessBackendConfig, PullOptions, find_runtime, raise_nofile_limit,
 };
-use polydev_controller::config::{BackendKind, Cli, Command, ENV_RUNTIME, ServeArgs};
+use polydev_controller::backend::{Backend, nomad};
+use polydev_controller::config::{
+    BackendKind, Cli, Command, ENV_RUNTIME, ENV_RUNTIME_MODE, RuntimeMode, ServeArgs,
+};
 use polydev_controller::store::Store;
-use polydev_controller::{Controller, capacity, run};
+use polydev_controller::{Controller, capacity, run_tls};
 
 /// File descriptors per concurrent execution: the controller's ends of three pipes, the client
 /// socket(s), plus slack for warm instances.
@@ -24,6 +27,16 @@ fn main() -> ExitCode {
             print!("{}", capacity::report(&args));
             ExitCode::SUCCESS
         }
+        Some(Command::NomadSpec(args)) => match nomad::spec_json(&args) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("polydev-controller nomad-spec: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => serve(cli.serve),
     }
 }
@@ -84,7 +97,8 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let backend = build_backend(&args)?;
+    let tls = args.runtime_api.tls().map_err(|e| e.to_string())?;
+    let backend = build_backend(&args, &store, addr)?;
     tracing::info!(
         %addr,
         backend = backend.name(),
@@ -96,15 +110,26 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         "polydev-controller listening"
     );
     // One line on stdout, like the emulator's, for scripts that start it on port 0.
-    println!("polydev-controller listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("polydev-controller listening on {scheme}://{addr}");
     let controller = Controller::new(config, backend, store);
-    run(listener, controller, shutdown_signal())
+    run_tls(listener, tls, controller, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
 }
 
 /// The backend `POLYDEV_BACKEND` names (validated by `controller_config`).
-fn build_backend(args: &ServeArgs) -> Result<Arc<dyn Backend>, String> {
+fn build_backend(
+    args: &ServeArgs,
+    store: &Store,
+    addr: std::net::SocketAddr,
+) -> Result<Arc<dyn Backend>, String> {
+    if args.runtime_api.runtime_mode == RuntimeMode::Pull && args.backend != BackendKind::Process {
+        return Err(format!(
+            "{ENV_RUNTIME_MODE}=pull applies to the process backend (the Docker backend attaches \
+             to stdin; the Nomad backend always pulls)"
+        ));
+    }
     match args.backend {
         BackendKind::Process => {
             let runtime_path = match &args.runtime {
@@ -116,14 +141,63 @@ fn build_backend(args: &ServeArgs) -> Result<Arc<dyn Backend>, String> {
             let mut config = ProcessBackendConfig::new(runtime_path);
             config.env = args.runtime_env.vars();
             config.pool_size = args.pool_size;
+            config.pull = pull_options(args, addr)?;
             let backend = ProcessBackend::new(config).map_err(|e| e.to_string())?;
             Ok(Arc::new(backend))
         }
-        BackendKind::Docker | BackendKind::Nomad => Err(format!(
-            "POLYDEV_BACKEND={:?} is not built yet",
-            args.backend
-        )),
+        BackendKind::Docker => {
+            let config = DockerBackendConfig::from_args(
+                &args.docker,
+                args.runtime_env.vars(),
+                args.pool_size,
+            )
+            .map_err(|e| e.to_string())?;
+            let backend = Arc::new(DockerBackend::new(config).map_err(|e| e.to_string())?);
+            // Containers a previous run left: removed in the background (retried while the
+            // engine is unreachable); the executions they ran end failed/interrupted.
+            let (found, store) = (Arc::clone(&backend), store.clone());
+            tokio::spawn(async move {
+                if let Some(r) = found.recovery().await {
+                    record_interrupted(&store, &r.interrupted).await;
+                }
+            });
+            Ok(backend)
+        }
+        BackendKind::Nomad => {
+            // Runtimes reach this controller at POLYDEV_PUBLIC_URL: https://, or http:// on
+            // loopback only, since jobs with users' keys cross that link.
+            let url = args
+                .runtime_api
+                .public_url(addr)
+                .map_err(|e| e.to_string())?;
+            let config = args
+                .nomad
+                .backend_config(&url, args.runtime_env.vars(), args.pool_size)
+                .map_err(|e| e.to_string())?;
+            let backend = nomad::NomadBackend::new(config).map_err(|e| e.to_string())?;
+            Ok(Arc::new(backend))
+        }
     }
+}
+
+/// Pull mode's settings for the process backend: runtimes reach this controller at
+/// POLYDEV_PUBLIC_URL (default: its own address), trusting POLYDEV_TLS_CA.
+fn pull_options(
+    args: &ServeArgs,
+    addr: std::net::SocketAddr,
+) -> Result<Option<PullOptions>, String> {
+    if args.runtime_api.runtime_mode != RuntimeMode::Pull {
+        return Ok(None);
+    }
+    let url = args
+        .runtime_api
+        .public_url(addr)
+        .map_err(|e| e.to_string())?;
+    let mut options = PullOptions::new(url);
+    options.controller_ca = args.runtime_api.tls_ca.clone();
+    // A fetched job's token lives as long as the job may run, with a margin.
+    options.job_ttl = args.max_execution_time + std::time::Duration::from_secs(60);
+    Ok(Some(options))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -304,7 +304,7 @@ async fn kill_9_restart_and_sigterm() {
 }
 
 #[tokio::test]
-async fn refuses_a_public_address_without_a_token_and_unbuilt_backends() {
+async fn refuses_a_public_address_without_a_token_and_a_plain_http_runtime_url() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polydev-controller"))
         .env_clear()
         .env("POLYDEV_LISTEN", "0.0.0.0:0")
@@ -320,11 +320,14 @@ async fn refuses_a_public_address_without_a_token_and_unbuilt_backends() {
         .env_clear()
         .env("POLYDEV_BACKEND", "nomad")
         .env("POLYDEV_MAX_CONCURRENCY", "1")
+        .env("POLYDEV_LISTEN", "127.0.0.1:0")
+        .env("POLYDEV_PUBLIC_URL", "http://10.1.2.3:8080")
         .output()
         .await
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    // Runtimes fetch credentials over this URL: plain http is refused off loopback.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("POLYDEV_PUBLIC_URL"));
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_polydev-controller"))
         .args([

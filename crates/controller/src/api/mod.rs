@@ -12,8 +12,10 @@
 //! | `GET`/`PUT /v1/pool` | warm pool status / target size |
 //! | `GET /healthz` | liveness (no token) |
 //! | `GET /metrics` | Prometheus text |
+//! | `/runtime/v1/…` | pull-mode runtimes only, per-instance credentials ([`runtime`]) |
 
 mod error;
+pub mod runtime;
 mod sse;
 
 use std::time::Duration;
@@ -46,10 +48,13 @@ const MAX_POOL_SIZE: usize = 10_000;
 /// Execution ids are short; anything longer is not one (and is not looked up).
 const MAX_ID_LEN: usize = 64;
 
-/// The router. Every route but `/healthz` requires the bearer token when one is configured.
+/// The router. Every route but `/healthz` requires the bearer token when one is configured;
+/// the runtime API of a pull-mode backend is merged in after that check, since runtimes
+/// authenticate as instances instead ([`runtime`]).
 pub fn app(controller: Controller) -> Router {
     let body_limit = controller.config().max_body_bytes;
-    Router::new()
+    let runtime_api = controller.backend().runtime_api();
+    let client = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/executions", post(create_execution))
@@ -64,7 +69,11 @@ pub fn app(controller: Controller) -> Router {
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(controller.clone(), auth))
-        .with_state(controller)
+        .with_state(controller);
+    match runtime_api {
+        Some(api) => client.merge(runtime::router(api)),
+        None => client,
+    }
 }
 
 // === auth ===

@@ -8,8 +8,11 @@
 //! the event log, the store, synthesizing a terminal event when a runtime dies without one)
 //! lives in the controller, once, for every backend.
 
+pub mod docker;
+pub mod nomad;
 pub mod pool;
 pub mod process;
+pub mod pull;
 
 use std::time::Duration;
 
@@ -122,4 +125,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stops the pool and every instance this backend still runs; leaves nothing behind.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// The runtime API (`/runtime/v1/…`) of a backend whose runtimes pull their job from the
+    /// controller (DESIGN.md 4.4); `None` (the default) when they get it some other way. The
+    /// API serves it on the same listener, outside the client token check.
+    fn runtime_api(&self) -> Option<pull::RuntimeApi> {
+        None
+    }
 }

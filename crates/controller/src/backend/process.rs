@@ -29,7 +29,13 @@
 //!   starts right after. A failed write, or a runtime that ends without printing anything (it
 //!   was dying already, so it sent nothing upstream), means "give the job to the next one"; an
 //!   instance is never reused.
+//! - **Controller-pull mode** ([`ProcessBackendConfig::pull`], `pull_mode.rs`) runs the same
+//!   children the way a Nomad allocation runs: no job on stdin, a per-instance token file, the
+//!   job fetched from the controller's runtime API and the events posted back to it. The
+//!   supervisor, the pool and the reaping are shared; only the job's way in and the events' way
+//!   out differ. It exists so that mode is tested end to end on one machine.
 
+mod pull_mode;
 mod spawner;
 mod sys;
 
@@ -53,9 +59,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+pub use pull_mode::PullOptions;
 pub use sys::raise_nofile_limit;
 
 use super::pool::{DeathNotice, PoolConfig, PoolCounters, WarmInstance, WarmPool, WarmStarter};
+use super::pull::InstanceId;
 use super::{Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, PoolStatus};
 
 /// The runtime binary's file name.
@@ -94,6 +102,9 @@ pub struct ProcessBackendConfig {
     pub max_concurrent_starts: usize,
     /// Longest wait between warm starts after repeated failures.
     pub start_backoff_max: Duration,
+    /// Controller-pull mode (DESIGN.md 4.4): runtimes fetch their job from the controller's
+    /// runtime API instead of reading it from stdin. `None`: stdin.
+    pub pull: Option<PullOptions>,
 }
 
 impl ProcessBackendConfig {
@@ -110,6 +121,7 @@ impl ProcessBackendConfig {
             ready_timeout: Duration::from_secs(10),
             max_concurrent_starts: 4,
             start_backoff_max: Duration::from_secs(30),
+            pull: None,
         }
     }
 }
@@ -191,6 +203,8 @@ struct Common {
     tracker: Arc<Tracker>,
     /// Flipped to `true` once by `shutdown`: every supervisor terminates its child.
     shutdown: watch::Sender<bool>,
+    /// Controller-pull mode's registry, tokens and runtime environment.
+    pull: Option<Arc<pull_mode::PullMode>>,
 }
 
 impl ProcessBackend {
@@ -219,12 +233,19 @@ impl ProcessBackend {
             backoff_max: config.start_backoff_max,
             ..PoolConfig::default()
         };
+        let pull = match &config.pull {
+            Some(options) => Some(Arc::new(pull_mode::PullMode::new(
+                options, &config, &base_env,
+            )?)),
+            None => None,
+        };
         let (shutdown, _) = watch::channel(false);
         let common = Arc::new(Common {
             config,
             base_env,
             tracker: Arc::new(Tracker::default()),
             shutdown,
+            pull,
         });
         let starter = ProcessStarter {
             common: Arc::clone(&common),
@@ -244,6 +265,12 @@ impl ProcessBackend {
         self.common.tracker.pids()
     }
 
+    /// Pull mode: the private directory holding the runtimes' token files (and the CA bundle
+    /// they trust), for diagnostics and tests. Removed by `shutdown`.
+    pub fn pull_dir(&self) -> Option<PathBuf> {
+        self.common.pull.as_ref().map(|p| p.dir_path())
+    }
+
     /// PIDs of the idle warm runtimes.
     pub fn idle_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
@@ -260,6 +287,9 @@ impl ProcessBackend {
         let started = Instant::now();
         if self.pool.is_closed() {
             return Err(BackendError::ShuttingDown);
+        }
+        if let Some(pull) = &self.common.pull {
+            return self.launch_pull(pull, job, started).await;
         }
         let key = job.credentials.api_key.clone();
         let line = job_line(&job)?;
@@ -345,7 +375,7 @@ impl ProcessBackend {
         key: ApiKey,
         started: Instant,
     ) -> Result<Instance, BackendError> {
-        let mut spawned = spawn_runtime(&self.common, false).await?;
+        let mut spawned = spawn_runtime(&self.common, false, None).await?;
         let mut stdin = spawned.stdin.take().ok_or_else(no_pipe)?;
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
         let (cancel, cancel_rx) = CancelHandle::new();
@@ -382,10 +412,19 @@ impl ProcessBackend {
     async fn shutdown_inner(&self) {
         // No more refills; idle runtimes whose stdin closes exit 0 on their own.
         drop(self.pool.close());
+        // Pull mode: every poll still waiting is told that no job will come (410), so idle and
+        // starting runtimes exit 0 on their own too.
+        if let Some(pull) = &self.common.pull {
+            pull.registry.close();
+        }
         // Every supervisor (including ones being spawned right now) sends SIGTERM, then
         // SIGKILL after the grace.
         self.common.shutdown.send_replace(true);
         self.common.tracker.close_and_wait().await;
+        // Every token revoked, the private directory (token files, CA bundle) removed.
+        if let Some(pull) = &self.common.pull {
+            pull.close();
+        }
     }
 }
 
@@ -408,6 +447,10 @@ impl Backend for ProcessBackend {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.shutdown_inner())
+    }
+
+    fn runtime_api(&self) -> Option<super::pull::RuntimeApi> {
+        self.common.pull.as_ref().map(|p| p.api())
     }
 }
 
@@ -551,10 +594,25 @@ struct Spawned {
     guard: LiveGuard,
 }
 
-async fn spawn_runtime(common: &Arc<Common>, warm: bool) -> Result<Spawned, BackendError> {
+/// Starts a runtime: cold (`run --job -`), warm on stdin, or, with `token_file`, in pull mode
+/// (the token travels as a file path: never in argv, and not in the environment either).
+async fn spawn_runtime(
+    common: &Arc<Common>,
+    warm: bool,
+    token_file: Option<&Path>,
+) -> Result<Spawned, BackendError> {
     let mut guard = common.tracker.enter()?;
     let mut env = common.base_env.clone();
-    let args: Vec<OsString> = if warm {
+    let args: Vec<OsString> = if let Some(file) = token_file {
+        if let Some(pull) = &common.pull {
+            env = pull.env.clone();
+        }
+        env.push((
+            "RUNTIME_TOKEN_FILE".into(),
+            file.to_string_lossy().into_owned(),
+        ));
+        Vec::new()
+    } else if warm {
         env.push(("WARM_POOL".into(), "true".into()));
         Vec::new()
     } else {
@@ -604,6 +662,8 @@ struct ProcessIdle {
     stdin: ChildStdin,
     claim: oneshot::Sender<Claim>,
     alive: Arc<AtomicBool>,
+    /// Pull mode: the instance's slot in the registry, which a claim assigns the job to.
+    instance: Option<InstanceId>,
 }
 
 impl WarmInstance for ProcessIdle {
@@ -635,13 +695,21 @@ impl WarmStarter for ProcessStarter {
 }
 
 async fn start_warm(common: Arc<Common>, notice: DeathNotice) -> Result<ProcessIdle, BackendError> {
-    let mut spawned = spawn_runtime(&common, true).await?;
+    // Pull mode: registered idle, with a token valid for its idle lifetime.
+    let link = match &common.pull {
+        Some(pull) => Some(pull.new_instance(None, pull.idle_token_ttl())?),
+        None => None,
+    };
+    let token_file = link.as_ref().map(|l| l.token_file.clone());
+    let mut spawned = spawn_runtime(&common, true, token_file.as_deref()).await?;
     let stdin = spawned.stdin.take().ok_or_else(no_pipe)?;
     let pid = spawned.pid;
+    let instance = link.as_ref().map(|l| l.id.clone());
     let (ready_tx, ready_rx) = oneshot::channel();
     let (claim, claim_rx) = oneshot::channel();
     let alive = Arc::new(AtomicBool::new(true));
-    let supervisor = Supervisor::new(common, spawned);
+    let mut supervisor = Supervisor::new(common, spawned);
+    supervisor.pull = link;
     tokio::spawn(supervisor.warm(ready_tx, claim_rx, Arc::clone(&alive), notice));
     match ready_rx.await {
         Ok(Ok(())) => Ok(ProcessIdle {
@@ -649,6 +717,7 @@ async fn start_warm(common: Arc<Common>, notice: DeathNotice) -> Result<ProcessI
             stdin,
             claim,
             alive,
+            instance,
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BackendError::Launch(
@@ -683,6 +752,8 @@ struct Supervisor {
     key: Option<ApiKey>,
     /// A claimed warm runtime: tell `launch` about the first output line.
     accepted: Option<oneshot::Sender<()>>,
+    /// Pull mode: the instance's registry slot, token and event feed.
+    pull: Option<pull_mode::PullLink>,
 }
 
 /// How the pre-claim phase of a warm runtime ended, when it did not end with a claim.
@@ -692,6 +763,8 @@ enum NotClaimed {
     Shutdown,
     /// It failed before or while idle (exited, garbage, no `ready` in time).
     Failed(String),
+    /// Pull mode: it waited its whole idle lifetime (its token is about to expire).
+    Retired,
 }
 
 impl Supervisor {
@@ -715,6 +788,7 @@ impl Supervisor {
             notes: Vec::new(),
             key: None,
             accepted: None,
+            pull: None,
         }
     }
 
@@ -754,6 +828,15 @@ impl Supervisor {
         self.exited_at = Some(Instant::now());
         // Reaped: shutdown no longer needs to wait for this child.
         self.guard = None;
+        // Pull mode: its token and registry slot go with it (a report in progress still ends).
+        if let Some(pull) = &mut self.pull {
+            pull.revoke();
+        }
+    }
+
+    /// Pull mode: the event feed is still open.
+    fn feed_open(&self) -> bool {
+        self.pull.as_ref().is_some_and(|p| p.feed_open)
     }
 
     /// A warm runtime before its claim: wait for `ready`, report it, then wait for a claim
@@ -767,8 +850,16 @@ impl Supervisor {
     ) {
         let deadline = Instant::now() + self.common.config.ready_timeout;
         let mut ready = Some(ready);
+        // Pull mode: "ready" means it has polled the runtime API (so it can reach the
+        // controller and its token works), not that it printed `ready`. Once idle, it waits at
+        // most its idle lifetime, within which its token stays valid.
+        let pull_mode = self.pull.is_some();
+        let mut polled = self.pull.as_mut().and_then(|p| p.polled.take());
+        let max_idle = self.common.pull.as_ref().map(|p| p.max_idle);
+        let mut idle_until: Option<Instant> = None;
         let outcome: Result<Claim, NotClaimed> = loop {
             let waiting_ready = ready.is_some();
+            let waiting_poll = waiting_ready && polled.is_some();
             tokio::select! {
                 biased;
                 c = &mut claim_rx => break c.map_err(|_| NotClaimed::Released),
@@ -779,6 +870,21 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(deadline), if waiting_ready => {
                     break Err(NotClaimed::Failed("no ready event in time".into()));
                 }
+                r = recv_polled(&mut polled), if waiting_poll => {
+                    polled = None;
+                    // An error means the slot is gone: the exit arm says why.
+                    if r.is_ok() {
+                        idle_until = max_idle.map(|d| Instant::now() + d);
+                        if let Some(tx) = ready.take()
+                            && tx.send(Ok(())).is_err()
+                        {
+                            break Err(NotClaimed::Released);
+                        }
+                    }
+                }
+                _ = sleep_opt(idle_until), if !waiting_ready && idle_until.is_some() => {
+                    break Err(NotClaimed::Retired);
+                }
                 status = self.child.wait(), if self.exit.is_none() => {
                     self.record_exit(status);
                     break Err(NotClaimed::Failed("exited".into()));
@@ -788,7 +894,8 @@ impl Supervisor {
                         let parsed = parse_event(&bytes);
                         if matches!(parsed, Ok(Some(Event::Ready))) {
                             // The first `ready` makes it idle; a repeated one changes nothing.
-                            if let Some(tx) = ready.take()
+                            if !pull_mode
+                                && let Some(tx) = ready.take()
                                 && tx.send(Ok(())).is_err()
                             {
                                 break Err(NotClaimed::Released);
@@ -834,8 +941,19 @@ impl Supervisor {
             Err(why) => {
                 let (reason, terminate_at) = match why {
                     NotClaimed::Released => {
-                        // Its stdin is closed: a healthy runtime exits 0 by itself.
+                        // Its stdin is closed: a healthy runtime exits 0 by itself. In pull
+                        // mode its polls are answered 410, with the same effect.
+                        if let Some(pull) = &self.pull {
+                            pull.retire();
+                        }
                         ("released", Some(Instant::now() + self.grace()))
+                    }
+                    NotClaimed::Retired => {
+                        if let Some(pull) = &self.pull {
+                            pull.retire();
+                        }
+                        notice.notify();
+                        ("idle lifetime over", Some(Instant::now() + self.grace()))
                     }
                     NotClaimed::Shutdown => {
                         self.terminate("shutdown");
@@ -882,12 +1000,14 @@ impl Supervisor {
         let mut pending: Option<InstanceOutput> = None;
         // After an over-long line: the rest of the output is not trusted.
         let mut discard = false;
-        while self.stdout_open || self.exit.is_none() {
+        while self.stdout_open || self.exit.is_none() || self.feed_open() {
             let kill_at = self.term_sent.map(|t| t + grace);
             // A runtime that closed stdout but keeps running is stuck: stop it.
             let linger_at = self.eof_at.map(|t| t + grace);
-            // A child that exited while something else holds its stdout open: stop reading.
+            // A child that exited while something else holds its stdout (or, in pull mode, its
+            // event report) open: stop reading.
             let give_up_at = self.exited_at.map(|t| t + grace);
+            let feed_open = self.feed_open();
             tokio::select! {
                 biased;
                 r = recv_cancel(&mut cancel) => {
@@ -911,10 +1031,34 @@ impl Supervisor {
                     self.terminate("still running after closing stdout");
                 }
                 status = self.child.wait(), if self.exit.is_none() => self.record_exit(status),
-                _ = sleep_opt(give_up_at), if self.stdout_open => {
-                    self.stdout_open = false;
-                    self.notes.push("stdout still open after exit".into());
+                _ = sleep_opt(give_up_at), if self.stdout_open || feed_open => {
+                    if self.stdout_open {
+                        self.stdout_open = false;
+                        self.notes.push("stdout still open after exit".into());
+                    }
+                    if let Some(pull) = &mut self.pull
+                        && pull.feed_open
+                    {
+                        pull.close_feed();
+                        self.notes.push("event report still open after exit".into());
+                    }
                 }
+                // Pull mode: the events the runtime reports over the runtime API.
+                item = recv_feed(&mut self.pull), if feed_open && pending.is_none() => match item {
+                    Some(item) => {
+                        if let Some(accepted) = self.accepted.take() {
+                            let _ = accepted.send(());
+                        }
+                        if !discard && out.is_some() {
+                            pending = Some(item);
+                        }
+                    }
+                    None => {
+                        if let Some(pull) = &mut self.pull {
+                            pull.close_feed();
+                        }
+                    }
+                },
                 open = has_capacity(&out), if pending.is_some() => match (open, &out, pending.take()) {
                     (true, Some(tx), Some(item)) => {
                         // This task is the channel's only sender, so the capacity just seen is
@@ -1018,6 +1162,20 @@ async fn recv_cancel(
     match cancel {
         Some(rx) => rx.await,
         None => std::future::pending().await,
+    }
+}
+
+async fn recv_polled(polled: &mut Option<oneshot::Receiver<()>>) -> Result<(), ()> {
+    match polled {
+        Some(rx) => rx.await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_feed(pull: &mut Option<pull_mode::PullLink>) -> Option<InstanceOutput> {
+    match pull {
+        Some(p) if p.feed_open => p.recv().await,
+        _ => std::future::pending().await,
     }
 }
 

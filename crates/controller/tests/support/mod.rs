@@ -206,6 +206,30 @@ pub async fn serve(controller: Controller) -> Server {
     }
 }
 
+/// Serves `controller` on a listener bound beforehand (pull-mode runtimes must be told the
+/// address before the backend starts them), over HTTPS when `tls` is set.
+pub fn serve_bound(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    controller: Controller,
+) -> Server {
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(polydev_controller::run_tls(
+        listener,
+        tls,
+        controller,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Server {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
 /// Sends one request on a fresh HTTP/1 connection and returns the streaming response.
 pub async fn send(
     addr: SocketAddr,

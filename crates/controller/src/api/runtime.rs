@@ -1,0 +1,421 @@
+//! The runtime API (DESIGN.md 4.4): what pull-mode runtimes call, on the same listener as the
+//! client API but outside its bearer-token check, because runtimes must never hold the client
+//! token. Each request is authenticated as one *instance* by the backend's
+//! [`InstanceAuthenticator`](crate::backend::pull::InstanceAuthenticator); what that instance
+//! may fetch or report is decided by the [`InstanceRegistry`](crate::backend::pull::InstanceRegistry).
+//! This module only translates HTTP.
+//!
+//! | route | answers |
+//! |---|---|
+//! | `GET /runtime/v1/next` | `200` the job (once) · `204` nothing yet, poll again (after ~25 s) · `410` no job will come, exit · `401` bad or expired credential |
+//! | `POST /runtime/v1/executions/{id}/events` | one chunked NDJSON body with the runtime's events; `204` once it ended · `401` · `403` another instance's execution · `409` not fetched, or already reported · `410` instance gone · `413` line or body too large |
+//!
+//! Errors use the client API's body shape, `{"error":{"kind","message"}}`, and never say more
+//! than the runtime needs.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::backend::pull::{
+    AuthError, InstanceId, MAX_CREDENTIAL_BYTES, NextOutcome, ReportEnd, ReportError,
+    ReportRefused, RuntimeApi,
+};
+
+/// Execution ids are short (`ex_` + 27 hex digits); anything else is not one.
+const MAX_EXECUTION_ID: usize = 64;
+
+/// The runtime routes for `api`, ready to merge into the client router.
+pub fn router(api: RuntimeApi) -> Router {
+    Router::new()
+        .route("/runtime/v1/next", get(next))
+        .route("/runtime/v1/executions/{id}/events", post(events))
+        .with_state(api)
+}
+
+/// Errors of the runtime API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RuntimeError {
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("{0}")]
+    Refused(ReportRefused),
+    #[error("no job will come for this instance")]
+    Gone,
+    #[error("{0}")]
+    TooLarge(ReportError),
+    #[error("not an execution id")]
+    BadId,
+}
+
+impl RuntimeError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RuntimeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            RuntimeError::Refused(ReportRefused::WrongExecution) => StatusCode::FORBIDDEN,
+            RuntimeError::Refused(ReportRefused::NotFetched | ReportRefused::AlreadyReported) => {
+                StatusCode::CONFLICT
+            }
+            RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => StatusCode::GONE,
+            RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RuntimeError::BadId => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            RuntimeError::Unauthorized(_) => "unauthorized",
+            RuntimeError::Refused(ReportRefused::WrongExecution) => "forbidden",
+            RuntimeError::Refused(ReportRefused::NotFetched | ReportRefused::AlreadyReported) => {
+                "conflict"
+            }
+            RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => "gone",
+            RuntimeError::TooLarge(_) => "payload_too_large",
+            RuntimeError::BadId => "not_found",
+        }
+    }
+}
+
+impl IntoResponse for RuntimeError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"kind": self.kind(), "message": self.to_string()}});
+        let mut res = (self.status(), axum::Json(body)).into_response();
+        if matches!(self, RuntimeError::Unauthorized(_)) {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// The bearer credential, bounded; `Missing` if there is none.
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    if value.len() > MAX_CREDENTIAL_BYTES + 16 {
+        return Err(AuthError::Invalid);
+    }
+    let (scheme, token) = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid)?
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::Invalid)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Invalid);
+    }
+    Ok(token.trim())
+}
+
+async fn authenticate(api: &RuntimeApi, headers: &HeaderMap) -> Result<InstanceId, RuntimeError> {
+    let credential = bearer(headers).map_err(RuntimeError::Unauthorized)?;
+    match api.auth.authenticate(credential).await {
+        Ok(id) => Ok(id),
+        Err(e) => {
+            tracing::debug!(error = %e, "runtime API: credential refused");
+            Err(RuntimeError::Unauthorized(e))
+        }
+    }
+}
+
+async fn next(State(api): State<RuntimeApi>, headers: HeaderMap) -> Response {
+    let id = match authenticate(&api, &headers).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    match api.registry.next(&id).await {
+        NextOutcome::Job(job) => {
+            let body = match serde_json::to_string(&job) {
+                Ok(s) => Zeroizing::new(s),
+                Err(_) => {
+                    // Cannot happen for a job that was parsed from JSON; the instance gets
+                    // nothing and the backend's fetch timeout ends the execution.
+                    tracing::error!(instance = %id, "runtime API: the job cannot be serialized");
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+            };
+            tracing::debug!(instance = %id, execution_id = ?job.execution_id, "runtime API: job handed out");
+            (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                ],
+                Body::from(body.as_bytes().to_vec()),
+            )
+                .into_response()
+        }
+        NextOutcome::NoContent => StatusCode::NO_CONTENT.into_response(),
+        NextOutcome::Gone => RuntimeError::Gone.into_response(),
+    }
+}
+
+async fn events(
+    State(api): State<RuntimeApi>,
+    Path(execution_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let id = match authenticate(&api, &headers).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let valid = !execution_id.is_empty()
+        && execution_id.len() <= MAX_EXECUTION_ID
+        && execution_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return RuntimeError::BadId.into_response();
+    }
+    let mut sink = match api.registry.begin_report(&id, &execution_id) {
+        Ok(sink) => sink,
+        Err(refused) => {
+            tracing::warn!(instance = %id, %execution_id, %refused, "runtime API: report refused");
+            return RuntimeError::Refused(refused).into_response();
+        }
+    };
+    // The credential has done its job: nothing else may be fetched or reported with it.
+    api.auth.redeemed(&id);
+    tracing::debug!(instance = %id, %execution_id, "runtime API: receiving events");
+    let mut stream = body.into_data_stream();
+    let end = loop {
+        match stream.next().await {
+            None => break ReportEnd::Complete,
+            Some(Ok(chunk)) => {
+                if let Err(e) = sink.push(&chunk).await {
+                    break ReportEnd::Cut(e);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(instance = %id, error = %e, "runtime API: event stream broke");
+                break ReportEnd::Broken;
+            }
+        }
+    };
+    let answer = match &end {
+        ReportEnd::Complete => StatusCode::NO_CONTENT.into_response(),
+        ReportEnd::Cut(e @ (ReportError::LineTooLong(_) | ReportError::TooLarge(_))) => {
+            tracing::warn!(instance = %id, %execution_id, error = %e, "runtime API: report cut");
+            RuntimeError::TooLarge(e.clone()).into_response()
+        }
+        ReportEnd::Cut(ReportError::Closed) => RuntimeError::Gone.into_response(),
+        ReportEnd::Broken => RuntimeError::Gone.into_response(),
+    };
+    sink.finish(end).await;
+    answer
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::Request;
+    use http_body_util::BodyExt;
+    use polydev_protocol::{Event, Job};
+    use tokio::sync::mpsc;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::backend::InstanceOutput;
+    use crate::backend::pull::{InstanceRegistry, RegistryConfig, TokenAuthenticator};
+
+    struct Fixture {
+        app: Router,
+        auth: Arc<TokenAuthenticator>,
+        registry: Arc<InstanceRegistry>,
+    }
+
+    fn fixture() -> Fixture {
+        let auth = Arc::new(TokenAuthenticator::new());
+        let registry = Arc::new(InstanceRegistry::new(RegistryConfig {
+            poll_hold: Duration::from_millis(50),
+            max_line_bytes: 1024,
+            max_report_bytes: 64 * 1024,
+        }));
+        let app = router(RuntimeApi {
+            auth: auth.clone(),
+            registry: registry.clone(),
+        });
+        Fixture {
+            app,
+            auth,
+            registry,
+        }
+    }
+
+    fn job(id: &str) -> Job {
+        let line = serde_json::json!({
+            "execution_id": id, "user_id": "u", "provider": "openai", "prompt": "hi",
+            "credentials": {"api_key": "sk-test-secret"},
+        })
+        .to_string();
+        Job::from_json(&line).unwrap()
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let res = app
+            .clone()
+            .oneshot(b.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn next_and_events_follow_the_instance_rules() {
+        let f = fixture();
+        let id = InstanceId::random().unwrap();
+        let token = f.auth.issue(&id, Duration::from_secs(60)).unwrap();
+        let t = token.expose();
+        let (tx, mut rx) = mpsc::channel(16);
+        f.registry.register(id.clone(), tx, None).unwrap();
+
+        // No or bad credentials.
+        let (s, body) = call(&f.app, "GET", "/runtime/v1/next", None, "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains("\"kind\":\"unauthorized\""), "{body}");
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", Some("pi_x.00"), "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        // Idle: 204 after the hold.
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", Some(t), "").await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        // Nothing to report before the job is fetched.
+        let (s, _) = call(
+            &f.app,
+            "POST",
+            "/runtime/v1/executions/ex_1/events",
+            Some(t),
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        // The job, once.
+        f.registry.assign(&id, job("ex_1")).unwrap();
+        let (s, body) = call(&f.app, "GET", "/runtime/v1/next", Some(t), "").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            Job::from_json(&body).unwrap().execution_id.as_deref(),
+            Some("ex_1")
+        );
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", Some(t), "").await;
+        assert_eq!(s, StatusCode::GONE);
+        // Only its own execution.
+        let (s, _) = call(
+            &f.app,
+            "POST",
+            "/runtime/v1/executions/ex_2/events",
+            Some(t),
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = call(
+            &f.app,
+            "POST",
+            "/runtime/v1/executions/a%2Fb/events",
+            Some(t),
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let body = "{\"type\":\"text\",\"text\":\"hi\"}\n{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":3}\n";
+        let (s, _) = call(
+            &f.app,
+            "POST",
+            "/runtime/v1/executions/ex_1/events",
+            Some(t),
+            body,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert!(matches!(
+            rx.recv().await,
+            Some(InstanceOutput::Event(Event::Text { .. }))
+        ));
+        assert!(matches!(
+            rx.recv().await,
+            Some(InstanceOutput::Event(Event::End { .. }))
+        ));
+        // The token was redeemed by the report: refused from now on.
+        let (s, _) = call(
+            &f.app,
+            "POST",
+            "/runtime/v1/executions/ex_1/events",
+            Some(t),
+            body,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(f.auth.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_and_oversized_lines_are_refused() {
+        let f = fixture();
+        let id = InstanceId::random().unwrap();
+        let token = f.auth.issue(&id, Duration::ZERO).unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        f.registry
+            .register(id.clone(), tx, Some(job("ex_3")))
+            .unwrap();
+        let (s, body) = call(&f.app, "GET", "/runtime/v1/next", Some(token.expose()), "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("expired"), "{body}");
+
+        let id = InstanceId::random().unwrap();
+        let token = f.auth.issue(&id, Duration::from_secs(60)).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        f.registry
+            .register(id.clone(), tx, Some(job("ex_4")))
+            .unwrap();
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", Some(token.expose()), "").await;
+        assert_eq!(s, StatusCode::OK);
+        let long = format!("{{\"type\":\"text\",\"text\":\"{}\"}}\n", "x".repeat(2000));
+        let (s, body) = call(
+            &f.app,
+            "POST",
+            "/runtime/v1/executions/ex_4/events",
+            Some(token.expose()),
+            &long,
+        )
+        .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        match rx.recv().await {
+            Some(InstanceOutput::Event(Event::Error(e))) => {
+                assert!(
+                    e.message.contains("longer than 1024 bytes"),
+                    "{}",
+                    e.message
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // The job (with its key) never shows up in an error body.
+        assert!(!body.contains("sk-test-secret"));
+    }
+}

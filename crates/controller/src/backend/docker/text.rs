@@ -1,0 +1,73 @@
+//! Text shown to operators (exit details, garbage lines): bounded, and never the key.
+
+use polydev_protocol::ApiKey;
+
+use super::stream::Tail;
+
+/// Longest `Garbage` line forwarded (the rest is cut).
+const MAX_GARBAGE_CHARS: usize = 1024;
+
+/// A non-event line as shown to the controller: lossy UTF-8, cut, the key redacted.
+pub(super) fn garbage_text(line: &[u8], key: Option<&ApiKey>) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut text = redact(&text, key);
+    if text.len() > MAX_GARBAGE_CHARS {
+        let mut cut = MAX_GARBAGE_CHARS;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+fn redact(text: &str, key: Option<&ApiKey>) -> String {
+    match key.map(ApiKey::expose) {
+        Some(k) if !k.is_empty() => text.replace(k, "[REDACTED]"),
+        _ => text.to_owned(),
+    }
+}
+
+/// The stderr tail as text for operators: at most `max` bytes, never the key. When the start
+/// was cut, a key straddling the cut could leave a suffix of itself in the first `key.len()`
+/// bytes, which is why they are dropped before redacting whole occurrences.
+pub(super) fn render_tail(tail: Tail, key: Option<&ApiKey>, max: usize) -> String {
+    let mut bytes = tail.bytes;
+    if tail.truncated
+        && let Some(k) = key
+    {
+        let drop_n = k.expose().len().min(bytes.len());
+        bytes.drain(..drop_n);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let text = redact(&text, key);
+    let text = text.trim();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_and_garbage_never_show_the_key() {
+        let key = ApiKey::new("sk-SECRET-123");
+        let tail = Tail {
+            bytes: b"CRET-123 then sk-SECRET-123 end".to_vec(),
+            truncated: true,
+        };
+        let text = render_tail(tail, Some(&key), 100);
+        assert!(!text.contains("CRET"), "{text}");
+        assert!(text.contains("[REDACTED]"), "{text}");
+        assert_eq!(
+            garbage_text(b"oops sk-SECRET-123", Some(&key)),
+            "oops [REDACTED]"
+        );
+        assert!(garbage_text(&[b'x'; 5000], None).len() <= MAX_GARBAGE_CHARS + 3);
+    }
+}
