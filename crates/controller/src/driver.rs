@@ -346,16 +346,7 @@ fn exit_error(exec: &Execution, info: &ExitInfo, stop: Option<Stop>, shared: &Sh
     if let Some(s) = stop {
         return stopped_error(exec, s, shared);
     }
-    let detail = info.detail.as_deref().map(|d| {
-        d.chars()
-            .filter(|c| !c.is_control())
-            .take(200)
-            .collect::<String>()
-    });
-    let oom = detail
-        .as_deref()
-        .is_some_and(|d| d.to_ascii_lowercase().contains("oom") || d.contains("out of memory"));
-    let (message, retryable) = if oom {
+    let (message, retryable) = if info.oom_killed {
         (
             "the runtime was killed because it ran out of memory".to_owned(),
             true,

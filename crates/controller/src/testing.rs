@@ -247,6 +247,7 @@ const CODE_OK: ExitInfo = ExitInfo {
     code: Some(0),
     signal: None,
     detail: None,
+    oom_killed: false,
 };
 
 enum Flow {
@@ -266,6 +267,7 @@ impl Run {
                 code: None,
                 signal: Some(9),
                 detail: None,
+                oom_killed: false,
             }),
         }
     }
@@ -298,6 +300,7 @@ impl Run {
                 code: None,
                 signal: Some(15),
                 detail: None,
+                oom_killed: false,
             }),
             OnCancel::Report => {
                 let usage = Event::Usage(Usage {
@@ -315,6 +318,7 @@ impl Run {
                     code: Some(130),
                     signal: None,
                     detail: None,
+                    oom_killed: false,
                 })
             }
         }
@@ -452,5 +456,6 @@ fn shutdown_exit() -> ExitInfo {
         code: None,
         signal: Some(9),
         detail: None,
+        oom_killed: false,
     }
 }

@@ -520,6 +520,7 @@ async fn runtime_crash_without_terminal_event_is_synthesized() {
             code: None,
             signal: Some(9),
             detail: Some("OOMKilled".into()),
+            oom_killed: true,
         }),
     );
     let v = wait_terminal(&h, &id).await;

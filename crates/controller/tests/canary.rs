@@ -127,6 +127,7 @@ async fn the_canary_never_leaks() {
             code: Some(101),
             signal: None,
             detail: Some(format!("panicked: {key}")),
+            oom_killed: false,
         }),
     );
     bodies.push(wait_terminal(&h, &crash).await.to_string());

@@ -164,6 +164,7 @@ impl World {
                             code: None,
                             signal: Some(9),
                             detail: None,
+                            oom_killed: false,
                         }),
                         Some(Want::Crashed),
                     ),

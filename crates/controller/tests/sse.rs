@@ -217,6 +217,7 @@ async fn failures_and_cancels_end_the_stream_with_one_terminal_event() {
             code: Some(75),
             signal: None,
             detail: None,
+            oom_killed: false,
         }),
     ]));
     let res = send(

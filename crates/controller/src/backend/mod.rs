@@ -13,6 +13,7 @@ pub mod nomad;
 pub mod pool;
 pub mod process;
 pub mod pull;
+pub mod text;
 
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// Backend detail for operators (for example `OOMKilled`); never contains the credential.
     pub detail: Option<String>,
+    /// The backend knows the instance was killed for exceeding its memory limit (Docker's
+    /// `State.OOMKilled`). A flag, not a word in `detail`, so that no stderr text can fake it.
+    pub oom_killed: bool,
 }
 
 /// One item of an instance's output.

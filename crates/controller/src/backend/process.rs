@@ -64,6 +64,7 @@ pub use sys::raise_nofile_limit;
 
 use super::pool::{DeathNotice, PoolConfig, PoolCounters, WarmInstance, WarmPool, WarmStarter};
 use super::pull::InstanceId;
+use super::text::{Tail, garbage_text, render_tail};
 use super::{Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, PoolStatus};
 
 /// The runtime binary's file name.
@@ -72,9 +73,6 @@ pub const RUNTIME_BIN: &str = "polydev-runtime";
 /// Extra stderr bytes kept beyond `max_stderr_bytes`, so that a credential cut at the start of
 /// the kept window can be dropped whole before redaction (see `render_tail`).
 const REDACTION_SLACK: usize = 4096;
-
-/// Longest `Garbage` line forwarded (the rest is cut).
-const MAX_GARBAGE_CHARS: usize = 1024;
 
 /// How the process backend runs runtimes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -590,7 +588,7 @@ struct Spawned {
     pid: u32,
     stdin: Option<ChildStdin>,
     stdout: LineReader<ChildStdout>,
-    stderr: JoinHandle<StderrTail>,
+    stderr: JoinHandle<Tail>,
     guard: LiveGuard,
 }
 
@@ -737,7 +735,7 @@ struct Supervisor {
     stdout_open: bool,
     /// When stdout reached EOF.
     eof_at: Option<Instant>,
-    stderr: Option<JoinHandle<StderrTail>>,
+    stderr: Option<JoinHandle<Tail>>,
     guard: Option<LiveGuard>,
     shutdown: watch::Receiver<bool>,
     shutdown_seen: bool,
@@ -1152,6 +1150,7 @@ impl Supervisor {
             code,
             signal,
             detail: (!parts.is_empty()).then(|| parts.join("; ")),
+            oom_killed: false,
         }
     }
 }
@@ -1215,28 +1214,6 @@ fn parse_event(line: &[u8]) -> Result<Option<Event>, ()> {
         return Ok(None);
     }
     serde_json::from_slice(line).map(Some).map_err(|_| ())
-}
-
-/// A non-event line as shown to the controller: lossy UTF-8, cut, the key redacted.
-fn garbage_text(line: &[u8], key: Option<&ApiKey>) -> String {
-    let text = String::from_utf8_lossy(line);
-    let mut text = redact(&text, key);
-    if text.len() > MAX_GARBAGE_CHARS {
-        let mut cut = MAX_GARBAGE_CHARS;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
-fn redact(text: &str, key: Option<&ApiKey>) -> String {
-    match key.map(ApiKey::expose) {
-        Some(k) if !k.is_empty() => text.replace(k, "[REDACTED]"),
-        _ => text.to_owned(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1315,16 +1292,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
-/// The end of a child's stderr.
-struct StderrTail {
-    bytes: Vec<u8>,
-    /// Earlier bytes were dropped.
-    truncated: bool,
-}
-
 /// Reads stderr to EOF (so the child never blocks on a full pipe), keeping the last `keep`
 /// bytes.
-async fn drain_stderr(mut stderr: ChildStderr, keep: usize) -> StderrTail {
+async fn drain_stderr(mut stderr: ChildStderr, keep: usize) -> Tail {
     let mut bytes = Vec::new();
     let mut truncated = false;
     let mut chunk = vec![0u8; 8192];
@@ -1341,28 +1311,7 @@ async fn drain_stderr(mut stderr: ChildStderr, keep: usize) -> StderrTail {
             }
         }
     }
-    StderrTail { bytes, truncated }
-}
-
-/// The stderr tail as text for operators: at most `max` bytes, never the key. When the start
-/// was cut, a key straddling the cut could leave a suffix of itself in the first `key.len()`
-/// bytes, which is why they are dropped before redacting whole occurrences.
-fn render_tail(tail: StderrTail, key: Option<&ApiKey>, max: usize) -> String {
-    let mut bytes = tail.bytes;
-    if tail.truncated
-        && let Some(k) = key
-    {
-        let drop_n = k.expose().len().min(bytes.len());
-        bytes.drain(..drop_n);
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    let text = redact(&text, key);
-    let text = text.trim();
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_owned()
+    Tail { bytes, truncated }
 }
 
 #[cfg(test)]
@@ -1394,19 +1343,19 @@ mod tests {
     #[test]
     fn tail_is_redacted_and_bounded() {
         let key = ApiKey::new("sk-SECRET-123");
-        let tail = StderrTail {
+        let tail = Tail {
             bytes: b"x sk-SECRET-123 y".to_vec(),
             truncated: false,
         };
         assert_eq!(render_tail(tail, Some(&key), 100), "x [REDACTED] y");
         // A key cut by the window's start leaves no fragment.
-        let tail = StderrTail {
+        let tail = Tail {
             bytes: b"CRET-123 then the end".to_vec(),
             truncated: true,
         };
         let text = render_tail(tail, Some(&key), 100);
         assert!(!text.contains("CRET"), "{text}");
-        let tail = StderrTail {
+        let tail = Tail {
             bytes: "ééééé".as_bytes().to_vec(),
             truncated: false,
         };
@@ -1428,6 +1377,6 @@ mod tests {
         let key = ApiKey::new("k3y");
         assert_eq!(garbage_text(b"oops k3y", Some(&key)), "oops [REDACTED]");
         let long = vec![b'x'; 5000];
-        assert!(garbage_text(&long, None).len() <= MAX_GARBAGE_CHARS + 3);
+        assert!(garbage_text(&long, None).len() <= crate::backend::text::MAX_GARBAGE_CHARS + 3);
     }
 }

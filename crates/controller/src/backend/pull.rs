@@ -55,8 +55,6 @@ pub const DEFAULT_MAX_REPORT_LINE: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_REPORT_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest credential looked at (a Nomad workload-identity JWT is 1-2 KiB).
 pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
-/// Longest `Garbage` line forwarded (the rest is cut).
-const MAX_GARBAGE_CHARS: usize = 1024;
 /// Random bytes in a runtime token.
 const TOKEN_BYTES: usize = 32;
 
@@ -904,7 +902,8 @@ impl ReportSink {
                 self.output_seen |= matches!(event, Event::Text { .. } | Event::Reasoning { .. });
                 InstanceOutput::Event(event)
             }
-            Err(_) => InstanceOutput::Garbage(garbage_text(line)),
+            // The driver masks the key in what it logs.
+            Err(_) => InstanceOutput::Garbage(super::text::garbage_text(line, None)),
         };
         let feed = self.feed.as_ref().ok_or(ReportError::Closed)?;
         feed.send(item).await.map_err(|_| ReportError::Closed)
@@ -970,20 +969,6 @@ impl Drop for ReportSink {
             self.registry.report_done(&self.id);
         }
     }
-}
-
-/// A non-event line as shown to the controller: lossy UTF-8, cut. (The driver masks the key.)
-fn garbage_text(line: &[u8]) -> String {
-    let mut text = String::from_utf8_lossy(line).into_owned();
-    if text.len() > MAX_GARBAGE_CHARS {
-        let mut cut = MAX_GARBAGE_CHARS;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------------

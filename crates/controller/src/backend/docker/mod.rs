@@ -49,7 +49,6 @@ mod config;
 mod spec;
 mod stream;
 mod supervisor;
-mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};

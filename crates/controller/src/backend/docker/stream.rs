@@ -28,13 +28,7 @@ pub enum Line {
     Eof,
 }
 
-/// The end of a container's stderr (and any engine system-error frames).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tail {
-    pub bytes: Vec<u8>,
-    /// Earlier bytes were dropped.
-    pub truncated: bool,
-}
+pub use crate::backend::text::Tail;
 
 /// The frame decoder and line splitter, fed synchronously.
 #[derive(Debug)]

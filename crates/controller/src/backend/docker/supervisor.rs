@@ -28,8 +28,8 @@ use super::super::pool::DeathNotice;
 use super::super::{BackendError, ExitInfo, InstanceOutput};
 use super::api::{AttachStream, ContainerState};
 use super::stream::{AttachReader, Line, Tail};
-use super::text::{garbage_text, render_tail};
 use super::{Common, ContainerGuard};
+use crate::backend::text::{garbage_text, render_tail};
 
 /// What a claimed warm container's supervisor needs.
 pub(super) struct Claim {
@@ -445,7 +445,7 @@ fn exit_info(
         );
     }
     if signal == Some(9) && !oom && !we_killed {
-        // Careful: the driver reads "oom" or "out of memory" in the detail as a certain OOM.
+        // Only `ExitInfo::oom_killed` makes the driver say "out of memory" for certain.
         notes.push(format!(
             "SIGKILL not sent by the controller: docker kill from outside, or the kernel at the {} MiB memory limit (the engine reported no memory kill)",
             memory_bytes / (1024 * 1024)
@@ -466,6 +466,7 @@ fn exit_info(
         code,
         signal,
         detail: (!notes.is_empty()).then(|| notes.join("; ")),
+        oom_killed: oom,
     };
     (info, oom)
 }

@@ -543,6 +543,7 @@ impl Ended {
                         code,
                         signal: None,
                         detail: summary,
+                        oom_killed: false,
                     },
                     message,
                 )

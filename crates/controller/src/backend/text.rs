@@ -1,14 +1,21 @@
-//! Text shown to operators (exit details, garbage lines): bounded, and never the key.
+//! Text every backend shows operators (exit details, garbage lines): bounded, and never the
+//! key. Shared so that the process, Docker and Nomad backends redact the same way.
 
 use polydev_protocol::ApiKey;
 
-use super::stream::Tail;
+/// The end of an instance's stderr (and, for Docker, the engine's system-error frames).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail {
+    pub bytes: Vec<u8>,
+    /// Earlier bytes were dropped.
+    pub truncated: bool,
+}
 
 /// Longest `Garbage` line forwarded (the rest is cut).
-const MAX_GARBAGE_CHARS: usize = 1024;
+pub(crate) const MAX_GARBAGE_CHARS: usize = 1024;
 
 /// A non-event line as shown to the controller: lossy UTF-8, cut, the key redacted.
-pub(super) fn garbage_text(line: &[u8], key: Option<&ApiKey>) -> String {
+pub(crate) fn garbage_text(line: &[u8], key: Option<&ApiKey>) -> String {
     let text = String::from_utf8_lossy(line);
     let mut text = redact(&text, key);
     if text.len() > MAX_GARBAGE_CHARS {
@@ -32,7 +39,7 @@ fn redact(text: &str, key: Option<&ApiKey>) -> String {
 /// The stderr tail as text for operators: at most `max` bytes, never the key. When the start
 /// was cut, a key straddling the cut could leave a suffix of itself in the first `key.len()`
 /// bytes, which is why they are dropped before redacting whole occurrences.
-pub(super) fn render_tail(tail: Tail, key: Option<&ApiKey>, max: usize) -> String {
+pub(crate) fn render_tail(tail: Tail, key: Option<&ApiKey>, max: usize) -> String {
     let mut bytes = tail.bytes;
     if tail.truncated
         && let Some(k) = key
