@@ -528,6 +528,9 @@ def write_markdown(path: Path, ctx: dict[str, Any]) -> None:
       "concurrent streams on the process backend.")
     a("- [benchmarks-density.md](benchmarks-density.md) (`bench/density/run.sh`): many hardened "
       "runtime containers at once on one host.")
+    a("- [benchmarks-backends.md](benchmarks-backends.md) (`scripts/bench-backends.sh`): process "
+      "and Docker backends through the controller: cold start and warm claim to first upstream "
+      "byte, executions started per second, concurrent Docker streams.")
     a("")
     a("## Runtime: one 1000-chunk streaming execution")
     a("")
