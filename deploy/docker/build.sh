@@ -79,11 +79,11 @@ build_static() {
     # --cfg getrandom_backend="linux_getrandom". Today only getrandom 0.2 (ring) is linked,
     # which calls the syscall directly.
     if (cd "$ROOT" && "$CARGO" tree --locked -q -p "$pkg" --target "$TARGET" -e normal --prefix none 2>/dev/null) \
-        | grep -qE '^getrandom v0\.([3-9]|[1-9][0-9])'; then
+        | grep -E '^getrandom v0\.([3-9]|[1-9][0-9])' >/dev/null; then
         printf 'build.sh: warning: %s now links getrandom >= 0.3: add --cfg getrandom_backend="linux_getrandom" to its RUSTFLAGS (docs: deploy/docker/README.md)\n' "$pkg" >&2
     fi
     # A dynamic binary would fail in an empty image with a confusing "no such file".
-    if command -v readelf >/dev/null 2>&1 && readelf -lW "$bin" | grep -q 'Requesting program interpreter'; then
+    if command -v readelf >/dev/null 2>&1 && readelf -lW "$bin" | grep 'Requesting program interpreter' >/dev/null; then
         die "$bin is dynamically linked"
     fi
 }
@@ -130,7 +130,7 @@ build_static polydev-runtime
 build_static polydev-emulator
 
 # The version tag is what the binary reports (the workspace version in Cargo.toml).
-VERSION="$("$OUT/polydev-runtime" --version | head -n1 | awk '{print $2}')"
+VERSION="$("$OUT/polydev-runtime" --version | awk 'NR == 1 {print $2}')"
 [[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] || die "cannot read the version from polydev-runtime --version: '$VERSION'"
 
 build_image polydev-runtime Dockerfile "$VERSION"

@@ -120,14 +120,8 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Help => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Command::Version => {
-            println!("{}", version_text());
-            return ExitCode::SUCCESS;
-        }
+        Command::Help => return print_info(HELP),
+        Command::Version => return print_info(&format!("{}\n", version_text())),
         Command::Env | Command::JobLine(_) => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -146,6 +140,18 @@ fn main() -> ExitCode {
     // Do not wait for a blocking stdin read that may never return.
     runtime.shutdown_background();
     exit(code)
+}
+
+/// Prints `--help` / `--version` text. A reader that closes the pipe early (`| head -n1`) is
+/// not an error worth a panic: Rust ignores SIGPIPE, so `print!` would panic on EPIPE.
+fn print_info(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(_) => exit(ErrorKind::Internal.exit_code()),
+    }
 }
 
 fn exit(code: Option<i32>) -> ExitCode {
