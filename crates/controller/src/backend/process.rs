@@ -64,7 +64,7 @@ pub use sys::raise_nofile_limit;
 
 use super::pool::{DeathNotice, PoolConfig, PoolCounters, WarmInstance, WarmPool, WarmStarter};
 use super::pull::InstanceId;
-use super::text::{Tail, garbage_text, render_tail};
+use super::text::{Tail, garbage_text, line_output, parse_event, render_tail};
 use super::{Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, PoolStatus};
 
 /// The runtime binary's file name.
@@ -1082,14 +1082,7 @@ impl Supervisor {
                         if discard || out.is_none() {
                             continue;
                         }
-                        pending = match parse_event(&bytes) {
-                            Ok(None) | Ok(Some(Event::Ready)) => None,
-                            Ok(Some(event)) => Some(InstanceOutput::Event(event)),
-                            Err(()) => Some(InstanceOutput::Garbage(garbage_text(
-                                &bytes,
-                                self.key.as_ref(),
-                            ))),
-                        };
+                        pending = line_output(&bytes, self.key.as_ref());
                     }
                     Ok(Line::TooLong) => {
                         if let Some(accepted) = self.accepted.take() {
@@ -1205,15 +1198,6 @@ async fn closed<T>(out: &Option<mpsc::Sender<T>>) {
         Some(tx) => tx.closed().await,
         None => std::future::pending().await,
     }
-}
-
-/// One stdout line as an event; `Ok(None)` for a blank line, `Err` for anything else.
-fn parse_event(line: &[u8]) -> Result<Option<Event>, ()> {
-    let line = line.trim_ascii();
-    if line.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(line).map(Some).map_err(|_| ())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 //! Text every backend shows operators (exit details, garbage lines): bounded, and never the
 //! key. Shared so that the process, Docker and Nomad backends redact the same way.
 
-use polydev_protocol::ApiKey;
+use polydev_protocol::{ApiKey, Event};
+
+use super::InstanceOutput;
 
 /// The end of an instance's stderr (and, for Docker, the engine's system-error frames).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,6 +15,25 @@ pub struct Tail {
 
 /// Longest `Garbage` line forwarded (the rest is cut).
 pub(crate) const MAX_GARBAGE_CHARS: usize = 1024;
+
+/// One stdout line as an event; `Ok(None)` for a blank line, `Err` for anything else.
+pub(crate) fn parse_event(line: &[u8]) -> Result<Option<Event>, ()> {
+    let line = line.trim_ascii();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(line).map(Some).map_err(|_| ())
+}
+
+/// What one output line of a claimed runtime becomes: an event to forward, nothing (a blank
+/// line or a repeated `ready`), or a redacted garbage line.
+pub(crate) fn line_output(line: &[u8], key: Option<&ApiKey>) -> Option<InstanceOutput> {
+    match parse_event(line) {
+        Ok(None) | Ok(Some(Event::Ready)) => None,
+        Ok(Some(event)) => Some(InstanceOutput::Event(event)),
+        Err(()) => Some(InstanceOutput::Garbage(garbage_text(line, key))),
+    }
+}
 
 /// A non-event line as shown to the controller: lossy UTF-8, cut, the key redacted.
 pub(crate) fn garbage_text(line: &[u8], key: Option<&ApiKey>) -> String {

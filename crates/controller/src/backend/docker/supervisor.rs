@@ -29,7 +29,7 @@ use super::super::{BackendError, ExitInfo, InstanceOutput};
 use super::api::{AttachStream, ContainerState};
 use super::stream::{AttachReader, Line, Tail};
 use super::{Common, ContainerGuard};
-use crate::backend::text::{garbage_text, render_tail};
+use crate::backend::text::{garbage_text, line_output, parse_event, render_tail};
 
 /// What a claimed warm container's supervisor needs.
 pub(super) struct Claim {
@@ -300,14 +300,7 @@ impl Supervisor {
                         if discard || out.is_none() {
                             continue;
                         }
-                        pending = match parse_event(&bytes) {
-                            Ok(None) | Ok(Some(Event::Ready)) => None,
-                            Ok(Some(event)) => Some(InstanceOutput::Event(event)),
-                            Err(()) => Some(InstanceOutput::Garbage(garbage_text(
-                                &bytes,
-                                self.key.as_ref(),
-                            ))),
-                        };
+                        pending = line_output(&bytes, self.key.as_ref());
                     }
                     Ok(Line::TooLong) => {
                         if let Some(accepted) = self.accepted.take() {
@@ -507,15 +500,6 @@ async fn shutdown_signalled(rx: &mut watch::Receiver<bool>) {
         // The backend is gone without a shutdown; nothing will ever signal.
         std::future::pending::<()>().await;
     }
-}
-
-/// One stdout line as an event; `Ok(None)` for a blank line, `Err` for anything else.
-fn parse_event(line: &[u8]) -> Result<Option<Event>, ()> {
-    let line = line.trim_ascii();
-    if line.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(line).map(Some).map_err(|_| ())
 }
 
 #[cfg(test)]
