@@ -137,3 +137,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 }
+
+/// The job as one JSON line for a runtime's stdin or the pull API, wiped from memory when
+/// dropped (it carries the credential).
+pub(crate) fn job_line(job: &Job) -> Result<zeroize::Zeroizing<String>, BackendError> {
+    let mut line = serde_json::to_string(job)
+        .map_err(|_| BackendError::Launch("the job cannot be serialized".into()))?;
+    line.push('\n');
+    Ok(zeroize::Zeroizing::new(line))
+}

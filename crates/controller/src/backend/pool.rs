@@ -427,6 +427,28 @@ impl<S: WarmStarter> DeathSink for Shared<S> {
     }
 }
 
+/// Starts a launch's pool replacements once: when [`Replenish::now`] is called after the
+/// handover, or at the latest when dropped (so a launch future dropped halfway still refills
+/// the pool). Set `due` once an idle instance was taken.
+pub struct Replenish<'a, S: WarmStarter> {
+    pub pool: &'a WarmPool<S>,
+    pub due: bool,
+}
+
+impl<S: WarmStarter> Replenish<'_, S> {
+    pub fn now(&mut self) {
+        if std::mem::take(&mut self.due) {
+            self.pool.replenish();
+        }
+    }
+}
+
+impl<S: WarmStarter> Drop for Replenish<'_, S> {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

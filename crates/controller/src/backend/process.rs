@@ -57,15 +57,18 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use zeroize::Zeroizing;
 
 pub use pull_mode::PullOptions;
 pub use sys::raise_nofile_limit;
 
-use super::pool::{DeathNotice, PoolConfig, PoolCounters, WarmInstance, WarmPool, WarmStarter};
+use super::pool::{
+    DeathNotice, PoolConfig, PoolCounters, Replenish, WarmInstance, WarmPool, WarmStarter,
+};
 use super::pull::InstanceId;
 use super::text::{Tail, garbage_text, line_output, parse_event, render_tail};
-use super::{Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, PoolStatus};
+use super::{
+    Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, PoolStatus, job_line,
+};
 
 /// The runtime binary's file name.
 pub const RUNTIME_BIN: &str = "polydev-runtime";
@@ -322,7 +325,7 @@ impl ProcessBackend {
         line: &str,
         key: ApiKey,
         started: Instant,
-        replenish: &mut Replenish<'_>,
+        replenish: &mut Replenish<'_, ProcessStarter>,
     ) -> Option<Instance> {
         let ProcessIdle {
             mut stdin, claim, ..
@@ -450,35 +453,6 @@ impl Backend for ProcessBackend {
     fn runtime_api(&self) -> Option<super::pull::RuntimeApi> {
         self.common.pull.as_ref().map(|p| p.api())
     }
-}
-
-/// Starts the pool's replacements once, when asked or at the latest when dropped (so a launch
-/// future dropped halfway still refills the pool).
-struct Replenish<'a> {
-    pool: &'a WarmPool<ProcessStarter>,
-    due: bool,
-}
-
-impl Replenish<'_> {
-    fn now(&mut self) {
-        if std::mem::take(&mut self.due) {
-            self.pool.replenish();
-        }
-    }
-}
-
-impl Drop for Replenish<'_> {
-    fn drop(&mut self) {
-        self.now();
-    }
-}
-
-/// The job as one JSON line, wiped from memory when dropped.
-fn job_line(job: &Job) -> Result<Zeroizing<String>, BackendError> {
-    let mut line = serde_json::to_string(job)
-        .map_err(|_| BackendError::Launch("the job cannot be serialized".into()))?;
-    line.push('\n');
-    Ok(Zeroizing::new(line))
 }
 
 async fn write_job(stdin: &mut ChildStdin, line: &str, limit: Duration) -> io::Result<()> {

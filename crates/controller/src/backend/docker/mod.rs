@@ -63,7 +63,6 @@ use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use zeroize::Zeroizing;
 
 pub use api::{ContainerState, DockerError};
 pub use config::{
@@ -79,8 +78,10 @@ use self::config::Prepared;
 use self::spec::{ContainerSpec, Role};
 use self::stream::AttachReader;
 use self::supervisor::{Claim, Supervisor};
-use super::pool::{DeathNotice, PoolConfig, PoolCounters, WarmInstance, WarmPool, WarmStarter};
-use super::{Backend, BackendError, CancelHandle, Instance, PoolStatus};
+use super::pool::{
+    DeathNotice, PoolConfig, PoolCounters, Replenish, WarmInstance, WarmPool, WarmStarter,
+};
+use super::{Backend, BackendError, CancelHandle, Instance, PoolStatus, job_line};
 use crate::store::Store;
 
 /// Open files per container.
@@ -324,7 +325,7 @@ impl DockerBackend {
         key: ApiKey,
         started: Instant,
         retry_if_silent: bool,
-        replenish: &mut Replenish<'_>,
+        replenish: &mut Replenish<'_, DockerStarter>,
     ) -> HandOver {
         let DockerIdle {
             mut stdin, claim, ..
@@ -895,35 +896,6 @@ enum HandOver {
     Dead {
         took_job: bool,
     },
-}
-
-/// Starts the pool's replacements once, when asked or at the latest when dropped (so a launch
-/// future dropped halfway still refills the pool).
-struct Replenish<'a> {
-    pool: &'a WarmPool<DockerStarter>,
-    due: bool,
-}
-
-impl Replenish<'_> {
-    fn now(&mut self) {
-        if std::mem::take(&mut self.due) {
-            self.pool.replenish();
-        }
-    }
-}
-
-impl Drop for Replenish<'_> {
-    fn drop(&mut self) {
-        self.now();
-    }
-}
-
-/// The job as one JSON line, wiped from memory when dropped.
-fn job_line(job: &Job) -> Result<Zeroizing<String>, BackendError> {
-    let mut line = serde_json::to_string(job)
-        .map_err(|_| BackendError::Launch("the job cannot be serialized".into()))?;
-    line.push('\n');
-    Ok(Zeroizing::new(line))
 }
 
 /// Writes the job line on the attach connection, then shuts its write side down: the engine

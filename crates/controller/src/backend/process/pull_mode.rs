@@ -33,7 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
-    Claim, ProcessBackend, ProcessBackendConfig, ProcessIdle, Replenish, Supervisor, spawn_runtime,
+    Claim, ProcessBackend, ProcessBackendConfig, ProcessIdle, ProcessStarter, Replenish,
+    Supervisor, spawn_runtime,
 };
 use crate::backend::pull::{
     DEFAULT_MAX_REPORT_BYTES, DEFAULT_POLL_HOLD, InstanceId, InstanceRegistry, PrivateDir,
@@ -306,7 +307,7 @@ impl ProcessBackend {
         job: &Job,
         key: ApiKey,
         started: Instant,
-        replenish: &mut Replenish<'_>,
+        replenish: &mut Replenish<'_, ProcessStarter>,
     ) -> Option<Instance> {
         let ProcessIdle {
             claim, instance, ..
