@@ -94,6 +94,51 @@ pub(crate) fn for_identifier(id: &str) -> Option<(ErrorKind, bool)> {
     Some(verdict)
 }
 
+/// Error codes that by themselves say a provider's content policy refused the prompt or the
+/// output (`README.md`, "Content-policy refusals", has the sources). Compared whole and
+/// case-insensitively, never as substrings: Azure's `content_filter_error` means the filter
+/// *failed to run*, the opposite of a block.
+const POLICY_CODES: [&str; 5] = [
+    // Azure OpenAI: a 400 whose `innererror` carries the filter results.
+    "content_filter",
+    // OpenAI's safety system (Images, and compatible servers on chat).
+    "content_policy_violation",
+    // OpenAI image moderation.
+    "moderation_blocked",
+    // OpenAI Responses `ResponseError.code` values that name a policy.
+    "image_content_policy_violation",
+    "bio_policy",
+];
+
+/// Azure's `innererror.code` for a request its content filter refused.
+const POLICY_INNER_CODE: &str = "ResponsibleAIPolicyViolation";
+
+/// Whether an error object is a content-policy refusal: DESIGN.md 4.5, the cause wins over the
+/// status (an HTTP 400 or an in-stream error that names the policy is `blocked`, not
+/// `bad_request`). Structured fields first; message text only where the provider gives no
+/// field that says so (see the two text rules below).
+pub(crate) fn is_content_policy(
+    code: Option<&str>,
+    inner_code: Option<&str>,
+    message: Option<&str>,
+) -> bool {
+    let code = code.map(str::trim);
+    if code.is_some_and(|c| POLICY_CODES.iter().any(|p| c.eq_ignore_ascii_case(p)))
+        || inner_code.is_some_and(|c| c.trim().eq_ignore_ascii_case(POLICY_INNER_CODE))
+    {
+        return true;
+    }
+    let message = message.unwrap_or("").to_ascii_lowercase();
+    // OpenAI's `invalid_prompt` does not name its cause by itself (the Assistants and Responses
+    // APIs use it for any unusable prompt), so only its usage-policy / safety wording counts.
+    if code.is_some_and(|c| c.eq_ignore_ascii_case("invalid_prompt")) {
+        return message.contains("usage policy") || message.contains("safety reasons");
+    }
+    // Anthropic gives no code for it: the only signal is an `invalid_request_error` whose
+    // message says "Output blocked by content filtering policy" (HTTP 400 and in-stream).
+    message.contains("blocked by content filtering policy")
+}
+
 /// Kind and retry verdict for an error that arrived inside a 200 stream: the first identifier
 /// we recognise wins, then a numeric code that looks like an HTTP status, then `upstream`
 /// (retryable: a mid-stream failure is usually transient; the runtime never retries after
@@ -169,6 +214,74 @@ mod tests {
         }
         assert_eq!(for_identifier("something_new"), None);
         assert_eq!(for_identifier("  "), None);
+    }
+
+    #[test]
+    fn content_policy_codes_fields_and_texts() {
+        let yes = [
+            (Some("content_filter"), None, None),
+            (Some("Content_Filter"), None, None),
+            (None, Some("ResponsibleAIPolicyViolation"), None),
+            (Some("content_policy_violation"), None, None),
+            (Some("moderation_blocked"), None, None),
+            (Some("bio_policy"), None, None),
+            (Some("image_content_policy_violation"), None, None),
+            (
+                Some("invalid_prompt"),
+                None,
+                Some(
+                    "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+                ),
+            ),
+            (
+                Some("invalid_prompt"),
+                None,
+                Some("Invalid prompt: we've limited access to this content for safety reasons."),
+            ),
+            (
+                None,
+                None,
+                Some("Output blocked by content filtering policy"),
+            ),
+        ];
+        for (code, inner, msg) in yes {
+            assert!(
+                is_content_policy(code, inner, msg),
+                "{code:?} {inner:?} {msg:?}"
+            );
+        }
+        let no = [
+            // The filter failed to run: nothing was blocked.
+            (
+                Some("content_filter_error"),
+                None,
+                Some("The contents are not filtered"),
+            ),
+            (
+                Some("invalid_prompt"),
+                None,
+                Some("Invalid prompt: the schema is malformed"),
+            ),
+            (
+                Some("invalid_request_error"),
+                None,
+                Some("messages: the request was rejected"),
+            ),
+            // A malformed request that merely mentions safety settings.
+            (
+                None,
+                None,
+                Some("* GenerateContentRequest.safety_settings[4]: element predicate failed"),
+            ),
+            (Some("unsupported_parameter"), Some("SomethingElse"), None),
+            (None, None, None),
+        ];
+        for (code, inner, msg) in no {
+            assert!(
+                !is_content_policy(code, inner, msg),
+                "{code:?} {inner:?} {msg:?}"
+            );
+        }
     }
 
     #[test]

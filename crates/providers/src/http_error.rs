@@ -14,6 +14,10 @@
 //!   `ErrorInfo.reason` (`API_KEY_INVALID` on a 400 is an auth failure), `QuotaFailure` (a
 //!   per-day quota is fatal), `RetryInfo.retryDelay` (`"45.837906927s"`; no header at all).
 //!
+//! Whatever the status, a body that names a content-policy refusal (Azure `content_filter`
+//! with its `innererror`, OpenAI `invalid_prompt` about the usage policy, Anthropic's "blocked
+//! by content filtering policy") is `blocked`: the cause wins over the status (DESIGN.md 4.5).
+//!
 //! The parsing is deliberately shape-tolerant: OpenAI-compatible servers and proxies answer
 //! with any of these shapes, or with `{"message"}` / `{"detail"}`, or with plain text or HTML.
 
@@ -68,6 +72,10 @@ pub(crate) fn map_http_error_at(
                 .any(|r| r.eq_ignore_ascii_case("API_KEY_INVALID"))
         {
             kind = ErrorKind::Auth;
+            retryable = false;
+        }
+        if d.is_content_policy() {
+            kind = ErrorKind::Blocked;
             retryable = false;
         }
         // Out of quota or credit: waiting will not help (OpenAI insufficient_quota,
@@ -184,6 +192,8 @@ pub(crate) struct ErrorDetails {
     pub numeric_code: Option<u64>,
     /// Gemini canonical `status` (`RESOURCE_EXHAUSTED`, …).
     pub status: Option<String>,
+    /// Azure OpenAI `innererror.code` (`ResponsibleAIPolicyViolation`).
+    pub inner_code: Option<String>,
     /// Gemini `ErrorInfo.reason`s.
     pub reasons: Vec<String>,
     /// Gemini `QuotaFailure` names a per-day quota.
@@ -254,6 +264,11 @@ impl ErrorDetails {
         self.error_type = e.get("type").and_then(Value::as_str).and_then(non_empty);
         self.read_code(e.get("code"));
         self.status = e.get("status").and_then(Value::as_str).and_then(non_empty);
+        self.inner_code = e
+            .get("innererror")
+            .and_then(|i| i.get("code"))
+            .and_then(Value::as_str)
+            .and_then(non_empty);
         let Some(details) = e.get("details").and_then(Value::as_array) else {
             return;
         };
@@ -276,6 +291,15 @@ impl ErrorDetails {
                 self.retry_delay_ms = Some(delay);
             }
         }
+    }
+
+    /// Whether the error is a content-policy refusal ([`classify::is_content_policy`]).
+    pub(crate) fn is_content_policy(&self) -> bool {
+        classify::is_content_policy(
+            self.code.as_deref(),
+            self.inner_code.as_deref(),
+            self.message.as_deref(),
+        )
     }
 
     /// The identifiers that classify the error, most specific first.
@@ -303,8 +327,11 @@ impl ErrorDetails {
 
 /// The [`StreamError`] for an error object that arrived inside a 200 stream.
 pub(crate) fn stream_error(details: &ErrorDetails, default_message: &str) -> StreamError {
-    let (kind, mut retryable) =
-        classify::for_stream_error(details.identifiers(), details.numeric_code);
+    let (kind, mut retryable) = if details.is_content_policy() {
+        (ErrorKind::Blocked, false)
+    } else {
+        classify::for_stream_error(details.identifiers(), details.numeric_code)
+    };
     if details.per_day_quota {
         retryable = false;
     }

@@ -138,6 +138,25 @@ fn in_stream_error_types() {
     }
 }
 
+/// The in-stream form of Anthropic's content-filter refusal, as captured in
+/// anthropics/claude-code#58367 (an `error` event after the 200, with `details: null`).
+const FILTERED_EVENT: &str = r#"{"type":"error","error":{"details":null,"type":"invalid_request_error","message":"Output blocked by content filtering policy"},"request_id":"req_011CaxpiP7NSqAVnWCHuZz1v"}"#;
+
+#[test]
+fn content_filter_refusal_in_the_stream_is_blocked_before_and_after_output() {
+    for before in [String::new(), text_delta("so far")] {
+        let bytes = [before.clone(), ev("error", FILTERED_EVENT)].concat();
+        let o = run(P, bytes.as_bytes());
+        let e = o.error();
+        assert_eq!((e.kind, e.retryable), (ErrorKind::Blocked, false));
+        assert_eq!(
+            e.message,
+            "Output blocked by content filtering policy (invalid_request_error)"
+        );
+        assert_eq!(o.has_output, !before.is_empty());
+    }
+}
+
 #[test]
 fn ping_and_unknown_events_are_skipped() {
     let bytes = [

@@ -107,6 +107,38 @@ fn recorded_prompt_blocked() {
 }
 
 #[test]
+fn every_block_reason_is_blocked() {
+    // python-genai `BlockedReason` (MODEL_ARMOR and JAILBREAK are Vertex-only).
+    for reason in [
+        "SAFETY",
+        "OTHER",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "IMAGE_SAFETY",
+        "MODEL_ARMOR",
+        "JAILBREAK",
+        "SOMETHING_NEW",
+    ] {
+        let chunk = format!(r#"{{"promptFeedback":{{"blockReason":"{reason}"}}}}"#);
+        let o = run(P, data(&chunk).as_bytes());
+        assert_eq!(
+            (o.error().kind, o.error().retryable),
+            (ErrorKind::Blocked, false)
+        );
+        assert!(o.error().message.contains(reason), "{}", o.error().message);
+    }
+    let o = run(
+        P,
+        data(r#"{"promptFeedback":{"blockReason":"BLOCKED_REASON_UNSPECIFIED"}}"#).as_bytes(),
+    );
+    assert_eq!(
+        o.error().kind,
+        ErrorKind::Protocol,
+        "unspecified is no block"
+    );
+}
+
+#[test]
 fn recorded_bare_pretty_printed_error_after_stop() {
     for bytes in all_endings(&fixture("gemini_bare_error.sse")) {
         let o = run(P, &bytes);

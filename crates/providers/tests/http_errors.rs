@@ -476,3 +476,102 @@ fn retry_hints_are_sanitised() {
         assert_eq!(e.retry_after_ms, want, "{headers:?}");
     }
 }
+
+// ------------------------------------------- content-policy refusals (cause over status)
+
+/// Azure OpenAI's content-filter 400, as quoted in compl-ai/compl-ai#20 and openai-dotnet#55.
+const AZURE_400_CONTENT_FILTER: &str = r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{"hate":{"filtered":false,"severity":"safe"},"jailbreak":{"filtered":false,"detected":false},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":true,"severity":"medium"}}}}}"#;
+/// OpenAI's usage-policy 400 on reasoning models (BeehiveInnovations/pal-mcp-server#178).
+const OPENAI_400_INVALID_PROMPT: &str = r#"{"error": {"message": "Invalid prompt: your prompt was flagged as potentially violating our usage policy. Please try again with a different prompt: https://platform.openai.com/docs/guides/reasoning#advice-on-prompting", "type": "invalid_request_error", "param": null, "code": "invalid_prompt"}}"#;
+/// Anthropic's content-filter 400 (anthropics/claude-code#43487).
+const ANTHROPIC_400_FILTERED: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Output blocked by content filtering policy"},"request_id":"req_011CZibekJwDaAz4R8V6Qc5m"}"#;
+
+#[test]
+fn content_policy_400s_are_blocked_with_the_providers_message_and_status() {
+    let cases = [
+        (
+            Provider::OpenAi,
+            AZURE_400_CONTENT_FILTER,
+            "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "(content_filter)",
+        ),
+        (
+            Provider::OpenAi,
+            OPENAI_400_INVALID_PROMPT,
+            "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+            "(invalid_prompt)",
+        ),
+        (
+            Provider::Anthropic,
+            ANTHROPIC_400_FILTERED,
+            "Output blocked by content filtering policy",
+            "(invalid_request_error)",
+        ),
+    ];
+    for (p, body, starts, ends) in cases {
+        let e = map(p, 400, &[], body);
+        assert_eq!(kind(&e), (ErrorKind::Blocked, false), "{body}");
+        assert_eq!(e.status, Some(400));
+        assert!(e.message.starts_with(starts), "{}", e.message);
+        assert!(e.message.ends_with(ends), "{}", e.message);
+    }
+}
+
+#[test]
+fn content_policy_wins_over_any_status() {
+    for status in [403, 422, 429, 500] {
+        let e = map(Provider::OpenAi, status, &[], AZURE_400_CONTENT_FILTER);
+        assert_eq!(kind(&e), (ErrorKind::Blocked, false), "{status}");
+        assert_eq!(e.status, Some(status));
+        let e = map(Provider::Anthropic, status, &[], ANTHROPIC_400_FILTERED);
+        assert_eq!(kind(&e), (ErrorKind::Blocked, false), "{status}");
+    }
+    // Other OpenAI codes that name a policy (Images, Responses), from a compatible server.
+    for code in [
+        "content_policy_violation",
+        "moderation_blocked",
+        "bio_policy",
+        "image_content_policy_violation",
+    ] {
+        let body = format!(
+            r#"{{"error":{{"message":"Your request was rejected as a result of our safety system.","type":"invalid_request_error","param":null,"code":"{code}"}}}}"#
+        );
+        assert_eq!(
+            kind(&map(Provider::OpenAi, 400, &[], &body)).0,
+            ErrorKind::Blocked
+        );
+    }
+}
+
+#[test]
+fn malformed_request_400s_stay_bad_request() {
+    let bodies = [
+        (Provider::OpenAi, OPENAI_400_MAX_TOKENS),
+        // The filter failed to run: nothing was blocked (Azure `content_filter_error`).
+        (
+            Provider::OpenAi,
+            r#"{"error":{"message":"The contents are not filtered","type":null,"param":null,"code":"content_filter_error"}}"#,
+        ),
+        // `invalid_prompt` that does not name the usage policy.
+        (
+            Provider::OpenAi,
+            r#"{"error":{"message":"Invalid prompt: a JSON schema is malformed","type":"invalid_request_error","param":null,"code":"invalid_prompt"}}"#,
+        ),
+        (
+            Provider::Anthropic,
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: text content blocks must be non-empty"},"request_id":"req_1"}"#,
+        ),
+        // A bad safety setting is a malformed request, not a block (cursor/cursor#2127).
+        (
+            Provider::Google,
+            r#"{"error":{"code":400,"message":"* GenerateContentRequest.safety_settings[4]: element predicate failed: $.category in (HarmCategory.HARM_CATEGORY_HATE_SPEECH, HarmCategory.HARM_CATEGORY_SEXUALLY_EXPLICIT)\n","status":"INVALID_ARGUMENT"}}"#,
+        ),
+    ];
+    for (p, body) in bodies {
+        assert_eq!(
+            kind(&map(p, 400, &[], body)),
+            (ErrorKind::BadRequest, false),
+            "{body}"
+        );
+    }
+}

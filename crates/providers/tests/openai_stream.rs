@@ -198,6 +198,27 @@ fn in_stream_errors_map_by_type_and_code() {
 }
 
 #[test]
+fn content_policy_errors_in_the_stream_are_blocked_before_and_after_output() {
+    let payloads = [
+        r#"{"error":{"message":"Invalid prompt: your prompt was flagged as potentially violating our usage policy.","type":"invalid_request_error","param":null,"code":"invalid_prompt"}}"#,
+        r#"{"error":{"message":"The response was filtered","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation"}}}"#,
+    ];
+    for payload in payloads {
+        for before in [Vec::new(), vec![text_chunk("so far")]] {
+            let mut parts = before.clone();
+            parts.push(format!("data: {payload}\n\n"));
+            let o = run(P, &stream(&parts));
+            assert_eq!(
+                (o.error().kind, o.error().retryable),
+                (ErrorKind::Blocked, false),
+                "{payload}"
+            );
+            assert_eq!(o.has_output, !before.is_empty());
+        }
+    }
+}
+
+#[test]
 fn falsy_error_keys_are_not_errors() {
     for err in ["null", "{}", "\"\"", "false", "0", "[]"] {
         let bytes = stream(&[
