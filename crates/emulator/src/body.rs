@@ -149,6 +149,9 @@ pub(crate) trait Script: Send + 'static {
     fn next_step(&mut self) -> Option<Step>;
     /// The provider's in-stream error frame (`mid` knob).
     fn mid_error(&mut self) -> Bytes;
+    /// The provider's in-stream content-policy error frame (`policymid` knob), or `None` when
+    /// the provider has no such error (the stream then goes on as if the knob were absent).
+    fn policy_error(&mut self) -> Option<Bytes>;
     /// The provider's keep-alive frame (`ka` knob).
     fn keep_alive(&self) -> Bytes;
 }
@@ -283,6 +286,12 @@ impl Driver {
                             self.phase = Phase::Done;
                             let frame = self.script.mid_error();
                             return Some(Ok(self.emit(frame)));
+                        }
+                        FaultKind::Policy => {
+                            if let Some(frame) = self.script.policy_error() {
+                                self.phase = Phase::Done;
+                                return Some(Ok(self.emit(frame)));
+                            }
                         }
                     }
                 }

@@ -26,9 +26,17 @@ MODEL-NAME GRAMMAR
   err{CODE}  answer HTTP CODE with the provider's real error body (400 401 403 404 413 429
              500 502 503 504 529; 529 becomes 503 for OpenAI and Gemini)
   retry{MS}  retry delay hinted on 429/503/529 (default 1000; retry0: no hint at all)
-  times{N}   faults (err, stall, drop, trunc, mid, block) hit only the first N requests with
-             this exact model name (counted since start or POST /emulator/reset)
+  times{N}   faults (err, stall, drop, trunc, mid, block, policy, azure, policymid) hit only
+             the first N requests with this exact model name (counted since start or
+             POST /emulator/reset)
   block      safety block (OpenAI content_filter, Anthropic refusal, Gemini promptFeedback)
+  block{R}   the same, with Gemini blockReason R: SAFETY OTHER BLOCKLIST PROHIBITED_CONTENT
+             IMAGE_SAFETY (blockPROHIBITED_CONTENT)
+  policy{CODE}   the provider's content-policy refusal as HTTP CODE (OpenAI invalid_prompt,
+             Anthropic \"Output blocked by content filtering policy\"; Gemini has none)
+  azure{CODE}    Azure OpenAI's content_filter error with innererror (OpenAI endpoint only)
+  policymid{N}   after N content events the provider's in-stream content-policy error
+             (policymid0: before any output; OpenAI and Anthropic only)
   think{N}   N reasoning tokens before the answer
   ka{MS}     keep-alive (comment / ping) whenever the stream is idle this long
 
@@ -171,6 +179,8 @@ impl Args {
             block: self.block,
             think: self.think,
             ka_ms: self.ka_ms,
+            // The content-policy knobs have no flag of their own: `--scenario policy400`.
+            ..Scenario::default()
         };
         let base = self
             .scenario

@@ -49,6 +49,14 @@ pub struct Scenario {
     pub mid: Option<usize>,
     /// `block`: a safety block instead of an answer.
     pub block: bool,
+    /// `block{REASON}`: a safety block with this Gemini `blockReason` (default `SAFETY`).
+    pub block_reason: Option<BlockReason>,
+    /// `policy{STATUS}`: the provider's content-policy refusal as an HTTP error.
+    pub policy: Option<u16>,
+    /// `azure{STATUS}`: Azure OpenAI's content-filter error (OpenAI endpoint only).
+    pub azure: Option<u16>,
+    /// `policymid{N}`: the provider's in-stream content-policy error after N content events.
+    pub policymid: Option<usize>,
     /// `think{N}`: N reasoning tokens before the answer.
     pub think: Option<usize>,
     /// `ka{MS}`: keep-alive comment / ping interval while the stream is idle.
@@ -60,8 +68,13 @@ impl Scenario {
     pub fn parse(model: &str) -> Scenario {
         let mut s = Scenario::default();
         for token in model.split('-') {
-            if token == "block" {
-                s.block = true;
+            if let Some(reason) = token.strip_prefix("block") {
+                if reason.is_empty() {
+                    s.block = true;
+                } else if let Some(r) = BlockReason::parse(reason) {
+                    s.block = true;
+                    s.block_reason = Some(r);
+                }
                 continue;
             }
             let split_at = token
@@ -84,6 +97,9 @@ impl Scenario {
                 "drop" => s.drop = Some(count),
                 "trunc" => s.trunc = Some(count),
                 "err" if (400..=599).contains(&value) => s.err = u16::try_from(value).ok(),
+                "policy" if (400..=599).contains(&value) => s.policy = u16::try_from(value).ok(),
+                "azure" if (400..=599).contains(&value) => s.azure = u16::try_from(value).ok(),
+                "policymid" => s.policymid = Some(count),
                 "retry" => s.retry_ms = Some(value.min(MAX_DELAY_MS)),
                 "times" => s.times = Some(u32::try_from(value).unwrap_or(u32::MAX)),
                 "mid" => s.mid = Some(count),
@@ -110,6 +126,10 @@ impl Scenario {
             times: self.times.or(defaults.times),
             mid: self.mid.or(defaults.mid),
             block: self.block || defaults.block,
+            block_reason: self.block_reason.or(defaults.block_reason),
+            policy: self.policy.or(defaults.policy),
+            azure: self.azure.or(defaults.azure),
+            policymid: self.policymid.or(defaults.policymid),
             think: self.think.or(defaults.think),
             ka_ms: self.ka_ms.or(defaults.ka_ms),
         }
@@ -122,6 +142,7 @@ impl Scenario {
             (FaultKind::Trunc, self.trunc),
             (FaultKind::Stall, self.stall),
             (FaultKind::Drop, self.drop),
+            (FaultKind::Policy, self.policymid),
         ];
         // With several faults the earliest wins; on a tie, the first of the list above.
         let fault = faults
@@ -138,6 +159,9 @@ impl Scenario {
             retry_ms: self.retry_ms.unwrap_or(DEFAULT_RETRY_MS).min(MAX_DELAY_MS),
             times: self.times,
             block: self.block,
+            block_reason: self.block_reason.unwrap_or_default(),
+            policy: self.policy.filter(|s| (400..=599).contains(s)),
+            azure: self.azure.filter(|s| (400..=599).contains(s)),
             think: self.think.unwrap_or(0).min(MAX_TOKENS_PER_STREAM),
             keep_alive: self
                 .ka_ms
@@ -154,6 +178,48 @@ pub(crate) enum FaultKind {
     Drop,
     Trunc,
     Mid,
+    /// The provider's in-stream content-policy error (`policymid`).
+    Policy,
+}
+
+/// Gemini's `promptFeedback.blockReason` values that the Gemini API sends (python-genai
+/// `BlockedReason`; `MODEL_ARMOR` and `JAILBREAK` are Vertex-only). Spelled in the model name
+/// exactly as on the wire: `blockPROHIBITED_CONTENT`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BlockReason {
+    #[default]
+    Safety,
+    Other,
+    Blocklist,
+    ProhibitedContent,
+    ImageSafety,
+}
+
+impl BlockReason {
+    /// Every value, in the order of the API reference.
+    pub const ALL: [BlockReason; 5] = [
+        BlockReason::Safety,
+        BlockReason::Other,
+        BlockReason::Blocklist,
+        BlockReason::ProhibitedContent,
+        BlockReason::ImageSafety,
+    ];
+
+    /// The wire spelling (`PROHIBITED_CONTENT`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::Safety => "SAFETY",
+            BlockReason::Other => "OTHER",
+            BlockReason::Blocklist => "BLOCKLIST",
+            BlockReason::ProhibitedContent => "PROHIBITED_CONTENT",
+            BlockReason::ImageSafety => "IMAGE_SAFETY",
+        }
+    }
+
+    fn parse(s: &str) -> Option<BlockReason> {
+        BlockReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
 }
 
 /// A stream fault and the number of content events sent before it strikes.
@@ -175,6 +241,11 @@ pub(crate) struct Effective {
     pub retry_ms: u64,
     pub times: Option<u32>,
     pub block: bool,
+    pub block_reason: BlockReason,
+    /// `policy{STATUS}`.
+    pub policy: Option<u16>,
+    /// `azure{STATUS}`.
+    pub azure: Option<u16>,
     pub think: usize,
     pub keep_alive: Option<Duration>,
 }
@@ -185,6 +256,8 @@ impl Effective {
         self.fault = None;
         self.err = None;
         self.block = false;
+        self.policy = None;
+        self.azure = None;
         self
     }
 }
@@ -221,6 +294,38 @@ mod tests {
         assert_eq!(s.think, Some(8));
         assert_eq!(s.ka_ms, Some(100));
         assert!(s.block);
+    }
+
+    #[test]
+    fn content_policy_knobs() {
+        let s = Scenario::parse("m-policy400-azure403-policymid0-blockPROHIBITED_CONTENT");
+        assert_eq!(s.policy, Some(400));
+        assert_eq!(s.azure, Some(403));
+        assert_eq!(s.policymid, Some(0));
+        assert!(s.block);
+        assert_eq!(s.block_reason, Some(BlockReason::ProhibitedContent));
+        let e = s.effective();
+        assert_eq!(
+            e.fault,
+            Some(Fault {
+                kind: FaultKind::Policy,
+                after: 0
+            })
+        );
+        assert_eq!(e.block_reason, BlockReason::ProhibitedContent);
+        let off = e.without_faults();
+        assert_eq!((off.policy, off.azure, off.fault), (None, None, None));
+        // Unknown reasons and lower case are not knobs; `policy` outside 4xx/5xx is ignored.
+        let s = Scenario::parse("m-blockprohibited-blockFOO-policy200");
+        assert_eq!((s.block, s.block_reason, s.policy), (false, None, None));
+        assert_eq!(
+            Scenario::parse("m-block").effective().block_reason,
+            BlockReason::Safety
+        );
+        for r in BlockReason::ALL {
+            let s = Scenario::parse(&format!("m-block{}", r.as_str()));
+            assert_eq!(s.block_reason, Some(r));
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ use http::{HeaderMap, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Finish, Incoming, Plan, content_texts, deliver_json, fixed, resolve, set_header};
+use super::{
+    Finish, Incoming, InjectedError, Plan, content_texts, deliver_json, fixed, resolve, set_header,
+};
 use crate::body::{ResponseBody, Script, Step};
 use crate::ids;
 use crate::scenario::Effective;
@@ -205,6 +207,9 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
     if let Some(status) = scenario.err {
         return injected_error(status, &scenario, model, rid);
     }
+    if let Some(status) = scenario.policy {
+        return error_response(status, rid, "invalid_request_error", CONTENT_FILTERED);
+    }
     let plan = Plan::new(model, &scenario, input_tokens, Some(max_tokens));
     let message_id = ids::anthropic_message_id();
     let mut response = if stream {
@@ -213,14 +218,26 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
     } else {
         let body = message_json(&plan, &message_id, thinking_request.omitted);
         let error_id = request_id.clone();
-        deliver_json(&scenario, &plan, JSON, body, move || {
-            error_response(529, &error_id, "overloaded_error", "Overloaded")
+        deliver_json(&scenario, &plan, JSON, body, move |which| {
+            Some(match which {
+                InjectedError::Overload => {
+                    error_response(529, &error_id, "overloaded_error", "Overloaded")
+                }
+                InjectedError::Policy => {
+                    error_response(400, &error_id, "invalid_request_error", CONTENT_FILTERED)
+                }
+            })
         })
         .await
     };
     set_header(&mut response, "request-id", rid);
     response
 }
+
+/// Anthropic's content-filter refusal: an `invalid_request_error` with this message, as an
+/// HTTP 400 (`policy{STATUS}`) or an in-stream `error` event (`policymid{N}`), verbatim from the
+/// reports cited in crates/providers/README.md. There is no code or field for it.
+const CONTENT_FILTERED: &str = "Output blocked by content filtering policy";
 
 /// The `err{STATUS}` knob.
 fn injected_error(
@@ -627,6 +644,16 @@ impl Script for MessageScript {
         Bytes::from_static(
             b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
         )
+    }
+
+    /// As captured: `details: null` and the request id ride along in the event.
+    fn policy_error(&mut self) -> Option<Bytes> {
+        let data = serde_json::json!({
+            "type": "error",
+            "error": {"details": null, "type": "invalid_request_error", "message": CONTENT_FILTERED},
+            "request_id": ids::anthropic_request_id(),
+        });
+        Some(event("error", &data))
     }
 
     fn keep_alive(&self) -> Bytes {

@@ -15,11 +15,11 @@ use http::Response;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{Finish, Incoming, Plan, deliver_json, fixed, resolve};
+use super::{Finish, Incoming, InjectedError, Plan, deliver_json, fixed, resolve};
 use crate::body::{ResponseBody, Script, Step};
 use crate::ids;
 use crate::router::percent_decode;
-use crate::scenario::Effective;
+use crate::scenario::{BlockReason, Effective};
 use crate::text;
 
 const JSON: &str = "application/json; charset=UTF-8";
@@ -295,8 +295,16 @@ pub(crate) async fn generate(
     match framing {
         Framing::Single => {
             let body = pretty(&single_response(&plan, &response_id, include_thoughts));
-            deliver_json(&scenario, &plan, JSON, body, || {
-                error_response(503, OVERLOADED, "UNAVAILABLE", Vec::new(), false)
+            // The Gemini API has no content-policy error: `policymid` leaves the answer whole.
+            deliver_json(&scenario, &plan, JSON, body, |which| match which {
+                InjectedError::Overload => Some(error_response(
+                    503,
+                    OVERLOADED,
+                    "UNAVAILABLE",
+                    Vec::new(),
+                    false,
+                )),
+                InjectedError::Policy => None,
             })
             .await
         }
@@ -468,13 +476,13 @@ fn usage(prompt: usize, candidates: usize, thoughts: usize) -> UsageMetadata {
     }
 }
 
-fn safety_block() -> PromptFeedback {
+fn safety_block(reason: BlockReason) -> PromptFeedback {
     let rating = |category, probability| SafetyRating {
         category,
         probability,
     };
     PromptFeedback {
-        block_reason: "SAFETY",
+        block_reason: reason.as_str(),
         safety_ratings: [
             rating("HARM_CATEGORY_SEXUALLY_EXPLICIT", "NEGLIGIBLE"),
             rating("HARM_CATEGORY_HATE_SPEECH", "HIGH"),
@@ -524,7 +532,7 @@ impl Serialize for SingleResponse<'_> {
         let usage = usage(plan.input_tokens, plan.answer, plan.reasoning);
         if plan.finish == Finish::Blocked {
             let chunk = Chunk {
-                prompt_feedback: Some(safety_block()),
+                prompt_feedback: Some(safety_block(plan.block_reason)),
                 candidates: None,
                 usage_metadata: usage,
                 model_version: &plan.model,
@@ -648,7 +656,7 @@ impl Script for GeminiScript {
                 Stage::Thoughts(_) if self.plan.finish == Finish::Blocked => {
                     self.stage = Stage::Close;
                     let chunk = Chunk {
-                        prompt_feedback: Some(safety_block()),
+                        prompt_feedback: Some(safety_block(self.plan.block_reason)),
                         candidates: None,
                         usage_metadata: usage(prompt, 0, 0),
                         model_version: &self.plan.model,
@@ -721,6 +729,12 @@ impl Script for GeminiScript {
         out.extend_from_slice(&error);
         out.extend_from_slice(if self.sse { b"\n" } else { b"\n]" });
         Bytes::from(out)
+    }
+
+    /// The Gemini API refuses a prompt with a 200 `promptFeedback` chunk (`block{REASON}`) and
+    /// blocked output with a `finishReason`; it has no in-stream content-policy error.
+    fn policy_error(&mut self) -> Option<Bytes> {
+        None
     }
 
     fn keep_alive(&self) -> Bytes {

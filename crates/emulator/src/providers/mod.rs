@@ -17,7 +17,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::{ResponseBody, Script, partial_body, stream_body};
-use crate::scenario::{Effective, FaultKind};
+use crate::scenario::{BlockReason, Effective, FaultKind};
 use crate::state::Shared;
 use crate::{Scenario, text};
 
@@ -50,6 +50,8 @@ pub(crate) struct Plan {
     /// Answer tokens.
     pub answer: usize,
     pub finish: Finish,
+    /// Gemini's `promptFeedback.blockReason` when `finish` is `Blocked`.
+    pub block_reason: BlockReason,
 }
 
 impl Plan {
@@ -81,6 +83,7 @@ impl Plan {
             reasoning,
             answer,
             finish,
+            block_reason: scenario.block_reason,
         }
     }
 
@@ -157,8 +160,17 @@ pub(crate) enum NonStreamFault {
     Stall,
     /// Send half the body, then abort (`abort`) or end cleanly.
     Cut { abort: bool },
-    /// Answer with the provider's overload/server error instead (`mid`).
-    Error,
+    /// Answer with the provider's overload/server error (`mid`) or content-policy error
+    /// (`policymid`) instead.
+    Error(InjectedError),
+}
+
+/// Which injected error a non-streaming request gets in place of its answer.
+pub(crate) enum InjectedError {
+    /// The provider's overload/server error (`mid`).
+    Overload,
+    /// The provider's content-policy refusal (`policymid`).
+    Policy,
 }
 
 pub(crate) fn non_stream_fault(scenario: &Effective) -> NonStreamFault {
@@ -167,23 +179,27 @@ pub(crate) fn non_stream_fault(scenario: &Effective) -> NonStreamFault {
         Some(FaultKind::Stall) => NonStreamFault::Stall,
         Some(FaultKind::Drop) => NonStreamFault::Cut { abort: true },
         Some(FaultKind::Trunc) => NonStreamFault::Cut { abort: false },
-        Some(FaultKind::Mid) => NonStreamFault::Error,
+        Some(FaultKind::Mid) => NonStreamFault::Error(InjectedError::Overload),
+        Some(FaultKind::Policy) => NonStreamFault::Error(InjectedError::Policy),
     }
 }
 
 /// Deliver a complete non-streaming JSON answer, honouring the rate and the faults.
-/// `error` builds the provider's response for the `mid` knob.
+/// `error` builds the provider's response for the `mid` and `policymid` knobs (`None`: the
+/// provider has no such error, and the answer goes out whole).
 pub(crate) async fn deliver_json(
     scenario: &Effective,
     plan: &Plan,
     content_type: &'static str,
     body: Vec<u8>,
-    error: impl FnOnce() -> Response<ResponseBody>,
+    error: impl FnOnce(InjectedError) -> Option<Response<ResponseBody>>,
 ) -> Response<ResponseBody> {
     tokio::time::sleep(generation_time(scenario, plan)).await;
     match non_stream_fault(scenario) {
         NonStreamFault::None => fixed(200, content_type, body),
-        NonStreamFault::Error => error(),
+        NonStreamFault::Error(which) => {
+            error(which).unwrap_or_else(|| fixed(200, content_type, body))
+        }
         NonStreamFault::Stall => std::future::pending().await,
         NonStreamFault::Cut { abort } => cut_response(content_type, body, abort),
     }

@@ -12,7 +12,9 @@ use http::{HeaderMap, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Finish, Incoming, Plan, content_texts, deliver_json, fixed, resolve, set_header};
+use super::{
+    Finish, Incoming, InjectedError, Plan, content_texts, deliver_json, fixed, resolve, set_header,
+};
 use crate::body::{ResponseBody, Script, Step};
 use crate::ids::{self, Rng};
 use crate::scenario::Effective;
@@ -246,6 +248,9 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
     if let Some(status) = scenario.err {
         return injected_error(status, &scenario, model, rid);
     }
+    if let Some(response) = policy_refusal(&scenario, rid) {
+        return response;
+    }
     let plan = Plan::new(model, &scenario, input_tokens, limit);
     let ids = ChunkIds {
         id: ids::chat_completion_id(),
@@ -259,8 +264,11 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
     } else {
         let body = completion_json(&plan, &ids);
         let error_id = request_id.clone();
-        deliver_json(&scenario, &plan, JSON, body, move || {
-            server_error(&error_id)
+        deliver_json(&scenario, &plan, JSON, body, move |which| {
+            Some(match which {
+                InjectedError::Overload => server_error(&error_id),
+                InjectedError::Policy => invalid_prompt(400, &error_id),
+            })
         })
         .await
     };
@@ -278,6 +286,61 @@ fn server_error(request_id: &str) -> Response<ResponseBody> {
         None,
         None,
     )
+}
+
+/// OpenAI's usage-policy refusal on reasoning models (code `invalid_prompt`), verbatim from
+/// the reports cited in crates/providers/README.md.
+const INVALID_PROMPT: &str = "Invalid prompt: your prompt was flagged as potentially violating our usage policy. Please try again with a different prompt: https://platform.openai.com/docs/guides/reasoning#advice-on-prompting";
+
+/// The `policy{STATUS}` knob: OpenAI's usage-policy refusal as an HTTP error.
+fn invalid_prompt(status: u16, rid: &str) -> Response<ResponseBody> {
+    error_response(
+        status,
+        rid,
+        INVALID_PROMPT,
+        "invalid_request_error",
+        None,
+        Some("invalid_prompt"),
+    )
+}
+
+/// The `azure{STATUS}` knob: Azure OpenAI's content-filter error, whose `innererror` carries
+/// the filter results (shape from the Azure OpenAI cookbook and openai-python#331).
+fn azure_content_filter(status: u16, rid: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
+        "type": null,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": status,
+        "innererror": {
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {
+                "hate": {"filtered": false, "severity": "safe"},
+                "jailbreak": {"filtered": false, "detected": false},
+                "self_harm": {"filtered": false, "severity": "safe"},
+                "sexual": {"filtered": false, "severity": "safe"},
+                "violence": {"filtered": true, "severity": "medium"},
+            },
+        },
+    }});
+    let mut response = fixed(
+        status,
+        JSON,
+        serde_json::to_vec_pretty(&body).unwrap_or_default(),
+    );
+    set_header(&mut response, "x-request-id", rid);
+    response
+}
+
+/// The HTTP content-policy knobs (`policy{STATUS}`, then `azure{STATUS}`), if set.
+fn policy_refusal(scenario: &Effective, rid: &str) -> Option<Response<ResponseBody>> {
+    if let Some(status) = scenario.policy {
+        return Some(invalid_prompt(status, rid));
+    }
+    scenario
+        .azure
+        .map(|status| azure_content_filter(status, rid))
 }
 
 /// The `err{STATUS}` knob. 529 is not an OpenAI status: it is answered as 503.
@@ -602,6 +665,19 @@ impl Script for ChatScript {
         );
         out.extend_from_slice(b"\n\n");
         Bytes::from(out)
+    }
+
+    /// The Chat Completions in-stream error (wire-formats.md §2.5) carrying the same error
+    /// object as the `invalid_prompt` 400.
+    fn policy_error(&mut self) -> Option<Bytes> {
+        Some(sse_data(&ErrorBody {
+            error: ErrorDetail {
+                message: INVALID_PROMPT,
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("invalid_prompt"),
+            },
+        }))
     }
 
     fn keep_alive(&self) -> Bytes {
