@@ -85,6 +85,9 @@ fn check(provider: Provider, knobs: &str, out: &RunOutput, expect: Expect) {
         }
         (Expect::Error { kind, partial }, Event::Error(e)) => {
             assert_eq!(e.kind, kind, "{ctx}");
+            if kind == ErrorKind::Blocked {
+                assert_eq!(out.code, Some(65), "{ctx}");
+            }
             assert_eq!(e.partial, partial, "{ctx}");
             assert!(!out.stderr.is_empty() || kind != ErrorKind::Config, "{ctx}");
         }
@@ -160,6 +163,55 @@ conformance! {
             _ => Expect::End { reason: FinishReason::ContentFilter, len: 0 },
         }),
     };
+    // Content-policy refusals sent as errors are `blocked` whatever status carries them
+    // (DESIGN.md 4.5). The Gemini API has no such error (its refusals are `promptFeedback`
+    // chunks, below), so the emulator ignores these knobs for it and the answer is normal.
+    content_policy_http_400 => Case {
+        knobs: "policy400", env: &[],
+        want: Want::Per(|p| match p {
+            Provider::Google => Expect::End { reason: FinishReason::Stop, len: 12 },
+            _ => Expect::Error { kind: ErrorKind::Blocked, partial: false },
+        }),
+    };
+    content_policy_wins_over_a_403 => Case {
+        knobs: "policy403", env: &[],
+        want: Want::Per(|p| match p {
+            Provider::Google => Expect::End { reason: FinishReason::Stop, len: 12 },
+            _ => Expect::Error { kind: ErrorKind::Blocked, partial: false },
+        }),
+    };
+    azure_content_filter_400 => Case {
+        knobs: "azure400", env: &[],
+        want: Want::Per(|p| match p {
+            Provider::OpenAi => Expect::Error { kind: ErrorKind::Blocked, partial: false },
+            _ => Expect::End { reason: FinishReason::Stop, len: 12 },
+        }),
+    };
+    content_policy_in_stream_before_output => Case {
+        knobs: "len20-policymid0", env: &[],
+        want: Want::Per(|p| match p {
+            Provider::Google => Expect::End { reason: FinishReason::Stop, len: 20 },
+            _ => Expect::Error { kind: ErrorKind::Blocked, partial: false },
+        }),
+    };
+    content_policy_in_stream_after_output => Case {
+        knobs: "len20-policymid5", env: &[],
+        want: Want::Per(|p| match p {
+            Provider::Google => Expect::End { reason: FinishReason::Stop, len: 20 },
+            _ => Expect::Error { kind: ErrorKind::Blocked, partial: true },
+        }),
+    };
+    // Every Gemini `blockReason` (`block` above is SAFETY); the others' `block` is a finish.
+    block_reason_other => Case { knobs: "blockOTHER", env: &[], want: Want::Per(gemini_blocked) };
+    block_reason_blocklist => Case {
+        knobs: "blockBLOCKLIST", env: &[], want: Want::Per(gemini_blocked),
+    };
+    block_reason_prohibited_content => Case {
+        knobs: "blockPROHIBITED_CONTENT", env: &[], want: Want::Per(gemini_blocked),
+    };
+    block_reason_image_safety => Case {
+        knobs: "blockIMAGE_SAFETY", env: &[], want: Want::Per(gemini_blocked),
+    };
     retry_with_hint_then_success => Case {
         knobs: "len5-err503-times2-retry100", env: &[], want: ok(5),
     };
@@ -168,7 +220,62 @@ conformance! {
     };
 }
 
+/// Gemini's prompt block is `blocked`; OpenAI's and Anthropic's `block` is a refusal finish.
+fn gemini_blocked(p: Provider) -> Expect {
+    match p {
+        Provider::Google => Expect::Error {
+            kind: ErrorKind::Blocked,
+            partial: false,
+        },
+        _ => Expect::End {
+            reason: FinishReason::ContentFilter,
+            len: 0,
+        },
+    }
+}
+
 // === Cases that need more than a model name ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_policy_refusals_keep_message_and_status_and_are_not_retried() {
+    let cases: [(Provider, &str, Option<u16>, &str); 5] = [
+        (Provider::OpenAi, "policy400", Some(400), "usage policy"),
+        (
+            Provider::OpenAi,
+            "azure400",
+            Some(400),
+            "content management policy",
+        ),
+        (Provider::OpenAi, "len9-policymid3", None, "usage policy"),
+        (
+            Provider::Anthropic,
+            "policy400",
+            Some(400),
+            "content filtering policy",
+        ),
+        (
+            Provider::Anthropic,
+            "len9-policymid3",
+            None,
+            "content filtering policy",
+        ),
+    ];
+    for (p, knobs, status, words) in cases {
+        let case = Case {
+            knobs,
+            env: &[],
+            want: fails(ErrorKind::Blocked, status.is_none()),
+        };
+        let (out, emu) = run_case(p, &case).await;
+        let Event::Error(e) = out.terminal() else {
+            unreachable!("run_case checked the terminal event")
+        };
+        assert_eq!(e.status, status, "{p} {knobs}: {e:?}");
+        assert!(!e.retryable, "{p} {knobs}: {e:?}");
+        assert!(e.message.contains(words), "{p} {knobs}: {}", e.message);
+        assert_eq!(emu.status().total_requests, 1, "{p} {knobs}: not retried");
+    }
+}
 
 fn for_each_provider() -> [Provider; 3] {
     Provider::ALL
