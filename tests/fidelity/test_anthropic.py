@@ -370,3 +370,40 @@ def test_thinking_disabled_has_no_thinking_block(ant) -> None:
     s = anthropic_stream(ant, model(BASE, "len6", "think8"), thinking={"type": "disabled"})
     assert s.block_types == ["text"] and s.thinking == ""
     assert s.delta_usage.output_tokens == 6
+
+
+# --- content-policy refusals sent as errors (issue 16) -------------------------
+
+FILTERED = "Output blocked by content filtering policy"
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "nonstream"])
+def test_content_filter_400_is_plain_bad_request(ant, stream: bool) -> None:
+    """Pinned: Anthropic's content-filter refusal is a BadRequestError of type
+    `invalid_request_error`; only the message says it was a policy block. Our
+    runtime reports it as `blocked`."""
+    with pytest.raises(anthropic.BadRequestError) as ei:
+        if stream:
+            anthropic_stream(ant, model(BASE, "policy400"))
+        else:
+            nonstream(ant, model(BASE, "policy400"))
+    e = ei.value
+    assert e.status_code == 400
+    assert e.body["error"] == {"type": "invalid_request_error", "message": FILTERED}
+    assert e.request_id and e.request_id.startswith("req_")
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_in_stream_content_filter_error_is_status_200_api_status_error(ant, after: int) -> None:
+    """Pinned: in the stream it is the base APIStatusError with status 200 (as for
+    the in-stream overload), before or after output."""
+    got = AnthropicStream()
+    with pytest.raises(anthropic.APIStatusError) as ei:
+        anthropic_stream(ant, model(BASE, "len10", f"policymid{after}"), into=got)
+    e = ei.value
+    assert type(e) is anthropic.APIStatusError
+    assert e.status_code == 200
+    assert e.body["error"]["type"] == "invalid_request_error"
+    assert e.body["error"]["message"] == FILTERED
+    assert got.content_events == after
+    assert "message_stop" not in got.events

@@ -249,6 +249,17 @@ def test_lenient_prompt_block_is_not_an_error(gem) -> None:
     assert full.prompt_feedback.block_reason == types.BlockedReason.SAFETY
 
 
+@pytest.mark.parametrize("reason", ["OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY"])
+def test_lenient_every_block_reason_is_not_an_error(gem, reason: str) -> None:
+    """LENIENCY: the same for every `blockReason` the Gemini API sends: the SDK
+    parses it into its `BlockedReason` enum and raises nothing."""
+    mdl = model(BASE, "len20", f"block{reason}")
+    (chunk,) = gemini_stream(gem, mdl).chunks
+    assert chunk.text is None
+    assert chunk.prompt_feedback.block_reason == types.BlockedReason(reason)
+    assert nonstream(gem, mdl).prompt_feedback.block_reason == types.BlockedReason(reason)
+
+
 @pytest.mark.parametrize("split", ["", "split1"], ids=lambda s: s or "default")
 def test_lenient_truncated_stream_reads_as_clean_end(gem, split: str) -> None:
     """LENIENCY: a stream that ends cleanly before any finishReason chunk is

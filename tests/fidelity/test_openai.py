@@ -311,3 +311,48 @@ def test_nonstream_faults(oai) -> None:
     with pytest.raises(openai.InternalServerError) as ei:
         nonstream(oai, model(BASE, "len10", "mid3"))
     assert ei.value.status_code == 500 and ei.value.type == "server_error"
+
+
+# --- content-policy refusals sent as errors (issue 16) -------------------------
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "nonstream"])
+def test_invalid_prompt_policy_400_is_plain_bad_request(oai, stream: bool) -> None:
+    """Pinned: OpenAI's usage-policy refusal is an ordinary BadRequestError; only
+    `code == "invalid_prompt"` and the message tell it from a malformed request.
+    Our runtime reports it as `blocked`."""
+    with pytest.raises(openai.BadRequestError) as ei:
+        if stream:
+            openai_stream(oai, model(BASE, "policy400"))
+        else:
+            nonstream(oai, model(BASE, "policy400"))
+    e = ei.value
+    assert e.status_code == 400
+    assert e.code == "invalid_prompt"
+    assert e.type == "invalid_request_error"
+    assert "usage policy" in e.message
+
+
+def test_azure_content_filter_400_keeps_innererror_in_body(oai) -> None:
+    """Pinned: Azure's content filter 400 is a BadRequestError with `code ==
+    "content_filter"`; the SDK exposes `innererror` only through `e.body`."""
+    with pytest.raises(openai.BadRequestError) as ei:
+        openai_stream(oai, model(BASE, "azure400"))
+    e = ei.value
+    assert e.code == "content_filter" and e.param == "prompt" and e.type is None
+    assert e.body["innererror"]["code"] == "ResponsibleAIPolicyViolation"
+    assert e.body["innererror"]["content_filter_result"]["violence"]["filtered"] is True
+    assert not isinstance(e, openai.ContentFilterFinishReasonError)
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_in_stream_policy_error_is_plain_api_error(oai, after: int) -> None:
+    """Pinned: in the stream the same error object becomes the base APIError (no
+    status class, HTTP was 200), before or after output."""
+    got = OpenAIStream()
+    with pytest.raises(openai.APIError) as ei:
+        openai_stream(oai, model(BASE, "len10", f"policymid{after}"), into=got)
+    e = ei.value
+    assert type(e) is openai.APIError
+    assert e.code == "invalid_prompt" and "usage policy" in e.message
+    assert got.content_chunks == after

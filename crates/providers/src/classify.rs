@@ -129,8 +129,8 @@ pub(crate) fn is_content_policy(
         return true;
     }
     let message = message.unwrap_or("").to_ascii_lowercase();
-    // OpenAI's `invalid_prompt` does not name its cause by itself (the Assistants and Responses
-    // APIs use it for any unusable prompt), so only its usage-policy / safety wording counts.
+    // OpenAI's `invalid_prompt` does not name a cause by itself (it is a generic code in the
+    // Assistants and Responses enums), so only its usage-policy / safety wording counts.
     if code.is_some_and(|c| c.eq_ignore_ascii_case("invalid_prompt")) {
         return message.contains("usage policy") || message.contains("safety reasons");
     }
