@@ -74,10 +74,6 @@ pub(crate) fn map_http_error_at(
             kind = ErrorKind::Auth;
             retryable = false;
         }
-        if d.is_content_policy() {
-            kind = ErrorKind::Blocked;
-            retryable = false;
-        }
         // Out of quota or credit: waiting will not help (OpenAI insufficient_quota,
         // credit_balance_exhausted; Gemini per-day quota).
         if kind == ErrorKind::RateLimited
@@ -92,6 +88,14 @@ pub(crate) fn map_http_error_at(
             v if v.eq_ignore_ascii_case("false") => retryable = false,
             _ => {}
         }
+    }
+    // The cause wins over the status, and no header makes a policy refusal worth retrying.
+    if details
+        .as_ref()
+        .is_some_and(ErrorDetails::is_content_policy)
+    {
+        kind = ErrorKind::Blocked;
+        retryable = false;
     }
     let retry_after_ms =
         retry_after_ms(headers, now).or_else(|| details.as_ref().and_then(|d| d.retry_delay_ms));

@@ -526,6 +526,17 @@ fn content_policy_wins_over_any_status() {
         let e = map(Provider::Anthropic, status, &[], ANTHROPIC_400_FILTERED);
         assert_eq!(kind(&e), (ErrorKind::Blocked, false), "{status}");
     }
+    let e = map(
+        Provider::OpenAi,
+        400,
+        &[("x-should-retry", "true")],
+        OPENAI_400_INVALID_PROMPT,
+    );
+    assert_eq!(
+        kind(&e),
+        (ErrorKind::Blocked, false),
+        "no header makes it retryable"
+    );
     // Other OpenAI codes that name a policy (Images, Responses), from a compatible server.
     for code in [
         "content_policy_violation",
