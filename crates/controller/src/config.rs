@@ -33,6 +33,9 @@ pub const ENV_RETAINED_BYTES: &str = "POLYDEV_RETAINED_BYTES";
 pub const ENV_MAX_EVENT_LOG_BYTES: &str = "POLYDEV_MAX_EVENT_LOG_BYTES";
 pub const ENV_MAX_BODY_BYTES: &str = "POLYDEV_MAX_BODY_BYTES";
 pub const ENV_MAX_STREAMS: &str = "POLYDEV_MAX_STREAMS";
+pub const ENV_MAX_CONNECTIONS: &str = "POLYDEV_MAX_CONNECTIONS";
+pub const ENV_HEADER_TIMEOUT: &str = "POLYDEV_HEADER_TIMEOUT";
+pub const ENV_BODY_TIMEOUT: &str = "POLYDEV_BODY_TIMEOUT";
 pub const ENV_SSE_KEEPALIVE: &str = "POLYDEV_SSE_KEEPALIVE";
 pub const ENV_SHUTDOWN_GRACE: &str = "POLYDEV_SHUTDOWN_GRACE";
 pub const ENV_MAX_EXECUTION_TIME: &str = "POLYDEV_MAX_EXECUTION_TIME";
@@ -89,6 +92,13 @@ pub const DEFAULT_MAX_EVENT_LOG_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
 /// Open SSE responses at most; more get `503`.
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+/// A request's head must arrive within this of the connection opening or of the previous
+/// response (an idle keep-alive connection closes after it too).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// A request's body must arrive within this once its head has.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client connections beyond the open streams: short requests, status polls, slack.
+pub const CONNECTION_SLACK: usize = 256;
 /// SSE keep-alive comment interval; proxies commonly cut idle connections after 30-60 s.
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long running executions may finish after SIGTERM before they are cancelled. With the
@@ -106,8 +116,6 @@ pub const MAX_STATUS_TEXT_BYTES: usize = 1024 * 1024;
 pub const MAX_PERSPECTIVE_TARGETS: usize = 16;
 /// `user_id` length bound (it is stored and logged).
 pub const MAX_USER_ID_BYTES: usize = 256;
-/// `model` length bound (it is stored, logged and echoed in `start`).
-pub const MAX_MODEL_BYTES: usize = 256;
 /// `Retry-After` sent with `429` and `503`.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -138,6 +146,29 @@ impl Drop for Secret {
     }
 }
 
+/// How the listener treats connections before any request is authenticated (security probe
+/// F1, F8): every connection counts against `max_connections` (accepting waits while it is
+/// reached, so idle sockets cannot take the descriptors runtimes need); a request's head must
+/// arrive within `header_timeout` of the connection opening or of the previous response, and
+/// its body within `body_timeout`; the server speaks HTTP/1.1 only, by choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The default connection cap: every open stream plus [`CONNECTION_SLACK`].
+    pub fn for_streams(max_streams: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: max_streams.saturating_add(CONNECTION_SLACK),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
 /// What the library runs with: validated limits and policies.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -156,6 +187,7 @@ pub struct ControllerConfig {
     pub max_event_log_bytes: u64,
     pub max_body_bytes: usize,
     pub max_streams: usize,
+    pub connections: ConnectionLimits,
     pub sse_keepalive: Duration,
     pub shutdown_grace: Duration,
     pub cancel_wait: Duration,
@@ -178,6 +210,7 @@ impl Default for ControllerConfig {
             max_event_log_bytes: DEFAULT_MAX_EVENT_LOG_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
             max_streams: DEFAULT_MAX_STREAMS,
+            connections: ConnectionLimits::for_streams(DEFAULT_MAX_STREAMS),
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cancel_wait: CANCEL_WAIT,
@@ -310,6 +343,21 @@ pub struct ServeArgs {
     /// Open event streams at most.
     #[arg(long, env = ENV_MAX_STREAMS, default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+
+    /// Client connections open at once at most (default: POLYDEV_MAX_STREAMS + 256, lowered to
+    /// what the open-file limit leaves after the runtimes' share). Beyond it, new connections
+    /// wait in the listen backlog.
+    #[arg(long, env = ENV_MAX_CONNECTIONS)]
+    pub max_connections: Option<usize>,
+
+    /// A request's head must arrive within this of the connection opening or of the previous
+    /// response; idle keep-alive connections close after it too.
+    #[arg(long, env = ENV_HEADER_TIMEOUT, value_parser = parse_duration, default_value = "20s")]
+    pub header_timeout: Duration,
+
+    /// A request's body must arrive within this once its head has.
+    #[arg(long, env = ENV_BODY_TIMEOUT, value_parser = parse_duration, default_value = "30s")]
+    pub body_timeout: Duration,
 
     /// Interval of SSE keep-alive comments.
     #[arg(long, env = ENV_SSE_KEEPALIVE, value_parser = parse_duration, default_value = "15s")]
@@ -626,6 +674,16 @@ impl ServeArgs {
             max_event_log_bytes: self.max_event_log_bytes.max(64 * 1024),
             max_body_bytes,
             max_streams: self.max_streams.max(1),
+            connections: ConnectionLimits {
+                max_connections: self
+                    .max_connections
+                    .unwrap_or_else(|| {
+                        ConnectionLimits::for_streams(self.max_streams.max(1)).max_connections
+                    })
+                    .max(1),
+                header_timeout: self.header_timeout.max(Duration::from_millis(100)),
+                body_timeout: self.body_timeout.max(Duration::from_millis(100)),
+            },
             sse_keepalive: self.sse_keepalive.max(Duration::from_millis(100)),
             shutdown_grace: self.shutdown_grace,
             cancel_wait: CANCEL_WAIT,

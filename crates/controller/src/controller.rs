@@ -201,11 +201,13 @@ impl Controller {
             exec.append(&exec.start_event());
             lock(&sh.registry).map.insert(id.clone(), Arc::clone(&exec));
             sh.store.put(exec.record());
+            // Client-supplied strings are logged escaped (`?`), whatever validation let
+            // through: a log line is never something a client can forge.
             tracing::info!(
                 execution_id = %id,
-                user_id = %user,
+                user_id = ?user,
                 provider = %job.provider,
-                model = %exec.model,
+                model = ?exec.model,
                 "execution accepted"
             );
             let driver =
@@ -483,16 +485,8 @@ fn prepare(job: &mut Job, config: &ControllerConfig) -> Result<(), SubmitError> 
         ));
     }
     policy::check_user_id(job.user_id.as_deref()).map_err(SubmitError::Invalid)?;
-    if job
-        .model
-        .as_ref()
-        .is_some_and(|m| m.len() > crate::config::MAX_MODEL_BYTES)
-    {
-        return Err(SubmitError::Invalid(format!(
-            "model is longer than {} bytes",
-            crate::config::MAX_MODEL_BYTES
-        )));
-    }
+    // The job's own checks (model id, key format, …) run here too, so a job the runtime would
+    // refuse is a 400 now rather than a slot, a launch and a `config` event later.
     job.validate()
         .map_err(|e| SubmitError::Invalid(e.to_string()))?;
     if let Some(url) = &job.base_url {

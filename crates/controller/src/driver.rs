@@ -265,7 +265,7 @@ fn on_event(
             if model != exec.model {
                 tracing::debug!(
                     execution_id = %exec.id,
-                    runtime_model = %model,
+                    runtime_model = ?model,
                     "runtime resolved another model"
                 );
             }

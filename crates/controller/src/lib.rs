@@ -79,7 +79,7 @@ pub async fn run_tls(
 }
 
 async fn serve_on<L>(
-    listener: L,
+    mut listener: L,
     controller: Controller,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -87,27 +87,44 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    let (stop_http, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(controller.clone())).with_graceful_shutdown(async {
-        let _ = stop_http_rx.await;
-    });
-    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
-    tokio::select! {
-        () = shutdown => {}
-        res = &mut server => {
-            // The server stopped by itself (it only does on an accept-loop failure).
-            controller.shutdown().await;
-            return res.map_err(std::io::Error::other)?;
-        }
+    let limits = controller.config().connections;
+    let app = app(controller.clone());
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = std::sync::Arc::clone(&slots).acquire_owned() => slot,
+        };
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let Ok(slot) = slot else { break };
+        let (io, _addr) = tokio::select! {
+            () = &mut shutdown => break,
+            // axum's `accept` retries transient errors (EMFILE included) itself.
+            conn = listener.accept() => conn,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout, malformed request): nothing to do.
+            let _ = conn.await;
+            drop(slot);
+        });
     }
+    // Stop admitting, end every execution and its streams (each with its terminal event),
+    // then let connections finish sending within the drain.
     controller.shutdown().await;
-    let _ = stop_http.send(());
-    match tokio::time::timeout(HTTP_DRAIN, &mut server).await {
-        Ok(res) => res.map_err(std::io::Error::other)?,
-        Err(_) => {
-            tracing::warn!("connections still open after the drain; closing them");
-            server.abort();
-            Ok(())
-        }
+    if tokio::time::timeout(HTTP_DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain; closing them");
     }
+    Ok(())
 }

@@ -19,6 +19,8 @@ use polydev_controller::{Controller, capacity, run_tls};
 /// File descriptors per concurrent execution: the controller's ends of three pipes, the client
 /// socket(s), plus slack for warm instances.
 const FDS_PER_EXECUTION: u64 = 8;
+/// Client connections allowed whatever the open-file limit (below this nothing works anyway).
+const MIN_CONNECTIONS: usize = 16;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,21 +71,49 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve_async(args: ServeArgs) -> Result<(), String> {
-    let config = args.controller_config().map_err(|e| e.to_string())?;
-    let wanted_fds = (config.max_concurrency + config.queue_size + args.pool_size) as u64
+async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
+    let mut config = args.controller_config().map_err(|e| e.to_string())?;
+    if args.pool_size > config.max_concurrency {
+        tracing::warn!(
+            pool_size = args.pool_size,
+            max_concurrency = config.max_concurrency,
+            "the warm pool is larger than the executions that can run at once; using {}",
+            config.max_concurrency
+        );
+        args.pool_size = config.max_concurrency;
+    }
+    // Runtimes' descriptors first: client connections get what is left, so idle sockets can
+    // never take the descriptors a runtime start needs (security probe F1).
+    let runtime_fds = (config.max_concurrency + config.queue_size + args.pool_size) as u64
         * FDS_PER_EXECUTION
-        + config.max_streams as u64
         + 256;
-    match raise_nofile_limit(wanted_fds) {
-        Ok(got) if got < wanted_fds => tracing::warn!(
+    let wanted_fds = runtime_fds + config.connections.max_connections as u64;
+    let got = match raise_nofile_limit(wanted_fds) {
+        Ok(got) => got,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            wanted_fds
+        }
+    };
+    if got < wanted_fds {
+        let fit = usize::try_from(got.saturating_sub(runtime_fds))
+            .unwrap_or(usize::MAX)
+            .max(MIN_CONNECTIONS);
+        tracing::warn!(
             wanted = wanted_fds,
             got,
-            "the open-file limit is below what the concurrency limit needs; raise it (ulimit -n)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            max_connections = fit,
+            "the open-file limit is below what the limits need; client connections capped to \
+             what it leaves after the runtimes (raise it with ulimit -n)"
+        );
+        config.connections.max_connections = config.connections.max_connections.min(fit);
     }
+    // Bind first: a taken port fails fast with nothing touched (no row recovered, no runtime
+    // started). Then the store's lock: a second controller on the same database stops there,
+    // before recovery could call the first one's live executions interrupted.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let (store, interrupted) = Store::open(&args.db)
         .map_err(|e| format!("cannot open the database {}: {e}", args.db.display()))?;
     if interrupted > 0 {
@@ -92,10 +122,6 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             "marked executions left unfinished by the previous run as failed (interrupted)"
         );
     }
-    // Bind before starting any runtime, so a taken port fails fast with nothing to clean up.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let tls = args.runtime_api.tls().map_err(|e| e.to_string())?;
     let backend = build_backend(&args, &store, addr)?;

@@ -79,7 +79,26 @@ pub fn check_user_id(user_id: Option<&str>) -> Result<(), String> {
     if u.chars().any(char::is_control) {
         return Err("user_id must not contain control characters".into());
     }
+    if let Some(c) = u.chars().find(|&c| is_invisible(c)) {
+        return Err(format!(
+            "user_id must not contain invisible or direction-changing characters (found U+{:04X})",
+            u32::from(c)
+        ));
+    }
     Ok(())
+}
+
+/// Characters that print as nothing or reorder the text around them: Unicode's format
+/// characters (category Cf: zero-width space and joiners, bidi embeddings, overrides and
+/// isolates, the BOM, soft hyphen, tag characters…) and the line and paragraph separators.
+/// In an id they make two users look like one ("u1" and "u1" + U+200B) or spoof a log line.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}'
+        | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{08E2}' | '\u{110BD}' | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}')
 }
 
 /// A JSON parse error made safe for a response body: quoted input fragments (serde quotes
@@ -157,6 +176,7 @@ pub fn redact_line(line: &str, secret: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -209,6 +229,21 @@ mod tests {
         assert!(check_user_id(Some("  ")).is_err());
         assert!(check_user_id(Some(&"x".repeat(300))).is_err());
         assert!(check_user_id(Some("a\nb")).is_err());
+        // Probe F11: invisible and direction-changing characters.
+        for bad in [
+            "u1\u{200b}",
+            "admin\u{202e}gnp.exe",
+            "a\u{2028}b",
+            "\u{feff}u1",
+            "u\u{2066}1",
+        ] {
+            let e = check_user_id(Some(bad)).unwrap_err();
+            assert!(e.contains("invisible"), "{bad:?}: {e}");
+        }
+        // Ordinary non-ASCII ids stay valid.
+        for ok in ["ünïcødé", "用户-7", "user@example.com"] {
+            assert!(check_user_id(Some(ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -9,7 +9,13 @@
 //! execution, and admitted executions are bounded by the scheduler. Senders never wait, so a
 //! slow disk never stalls a stream, and writes can be issued from `Drop`.
 //!
-//! On open, rows a crash left `queued` or `running` are marked `failed` / `interrupted`.
+//! A file store belongs to one controller at a time: `open` takes an exclusive lock on
+//! `<db>.lock` before it touches any row, so a second controller started on the same file (an
+//! accidental double start, a rolling restart that overlaps) fails with [`StoreError::Locked`]
+//! instead of calling the first one's live executions `interrupted`. While it runs, the store
+//! thread records a heartbeat every few seconds; on open, rows a crash left `queued` or
+//! `running` are marked `failed` / `interrupted` with the last heartbeat as their end time (when
+//! the dead controller was last known alive), not the restart time.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -31,6 +37,13 @@ pub enum StoreError {
     Closed,
     #[error("cannot start the store thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "another controller is using this database (its lock file is held); stop it first or \
+         give this one its own POLYDEV_DB"
+    )]
+    Locked,
+    #[error("cannot lock the database: {0}")]
+    Lock(std::io::Error),
 }
 
 /// One execution's row.
@@ -95,7 +108,18 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS executions_user_created ON executions (user_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
+CREATE TABLE IF NOT EXISTS controller_heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    alive_at_ms INTEGER NOT NULL
+);
 ";
+
+/// How often the store thread records that the controller is alive.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long `open` waits for the lock: long enough for a store this process just dropped to
+/// finish closing, short enough to fail fast when another controller holds it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Most writes applied in one transaction.
 const BATCH: usize = 512;
@@ -103,32 +127,52 @@ const BATCH: usize = 512;
 impl Store {
     /// Opens (or creates) the database at `path`, marks rows a crash left non-terminal as
     /// `failed`/`interrupted`, and starts the store thread. Returns how many rows were marked.
+    /// Fails with [`StoreError::Locked`], touching nothing, while another store holds the file.
     pub fn open(path: &Path) -> Result<(Store, usize), StoreError> {
+        let lock = lock_file(path)?;
         let conn = Connection::open(path)?;
-        Self::start(conn)
+        Self::start(conn, Some(lock))
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Self::start(Connection::open_in_memory()?).map(|(s, _)| s)
+        Self::start(Connection::open_in_memory()?, None).map(|(s, _)| s)
     }
 
-    fn start(conn: Connection) -> Result<(Store, usize), StoreError> {
+    fn start(conn: Connection, lock: Option<std::fs::File>) -> Result<(Store, usize), StoreError> {
         // WAL: readers never block the writer; NORMAL sync is durable across process crashes
         // (only an OS crash can lose the last transactions).
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let now = unix_ms(std::time::SystemTime::now()) as i64;
+        // The previous run's last heartbeat is when it was last known alive; without one (a
+        // database from before heartbeats), the restart time is all there is. An end time never
+        // precedes the row's own start.
+        let last_alive: i64 = conn
+            .query_row(
+                "SELECT alive_at_ms FROM controller_heartbeat WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(now);
         let interrupted = conn.execute(
             "UPDATE executions SET status = 'failed', error_kind = 'interrupted', \
-             ended_at_ms = ?1 WHERE status IN ('queued', 'running')",
-            params![unix_ms(std::time::SystemTime::now()) as i64],
+             ended_at_ms = max(?1, created_at_ms, coalesce(started_at_ms, 0)) \
+             WHERE status IN ('queued', 'running')",
+            params![last_alive],
         )?;
+        beat(&conn, now)?;
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("polydev-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || {
+                run(conn, rx);
+                // The lock is released only once the connection is closed.
+                drop(lock);
+            })
             .map_err(StoreError::Thread)?;
         Ok((Store { tx }, interrupted))
     }
@@ -158,8 +202,65 @@ impl Store {
     }
 }
 
+/// Takes the exclusive lock on `<path>.lock` (an advisory `flock`: it dies with the process,
+/// so a crash never leaves a stale lock). A separate file, because closing any other descriptor
+/// of the database file itself would drop SQLite's own POSIX locks on it.
+fn lock_file(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(StoreError::Lock)?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Lock(e)),
+        }
+    }
+}
+
+fn beat(conn: &Connection, now_ms: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO controller_heartbeat (id, alive_at_ms) VALUES (1, ?1) \
+         ON CONFLICT(id) DO UPDATE SET alive_at_ms = excluded.alive_at_ms",
+        params![now_ms],
+    )
+    .map(|_| ())
+}
+
+/// Waits for the next command, recording a heartbeat whenever [`HEARTBEAT`] passes without one
+/// (and at least every [`HEARTBEAT`] under load). `None` once every handle is gone.
+fn next_command(
+    conn: &Connection,
+    rx: &mpsc::Receiver<Command>,
+    last_beat: &mut std::time::Instant,
+) -> Option<Command> {
+    loop {
+        if last_beat.elapsed() >= HEARTBEAT {
+            if let Err(e) = beat(conn, unix_ms(std::time::SystemTime::now()) as i64) {
+                tracing::warn!(error = %e, "cannot record the controller heartbeat");
+            }
+            *last_beat = std::time::Instant::now();
+        }
+        match rx.recv_timeout(HEARTBEAT.saturating_sub(last_beat.elapsed())) {
+            Ok(cmd) => return Some(cmd),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
 fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
-    while let Ok(first) = rx.recv() {
+    let mut last_beat = std::time::Instant::now();
+    while let Some(first) = next_command(&conn, &rx, &mut last_beat) {
         let mut writes = Vec::new();
         let mut others = Vec::new();
         let mut next = Some(first);
@@ -338,5 +439,37 @@ mod tests {
         assert_eq!(r.error_kind.as_deref(), Some("interrupted"));
         assert!(r.ended_at_ms.is_some());
         assert_eq!(s.get("d").await.unwrap().unwrap().status, "succeeded");
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_a_live_file_is_refused_and_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let (first, _) = Store::open(&path).unwrap();
+        first.put(record("r", "running"));
+        first.flush().await;
+        let second = Store::open(&path);
+        assert!(matches!(second, Err(StoreError::Locked)), "{second:?}");
+        assert_eq!(first.get("r").await.unwrap().unwrap().status, "running");
+    }
+
+    #[tokio::test]
+    async fn interrupted_rows_end_at_the_last_heartbeat_not_the_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let (s, _) = Store::open(&path).unwrap();
+            s.put(record("r", "running"));
+            s.flush().await;
+        }
+        // The dead controller was last alive at 1_000 (written as its store thread would).
+        {
+            let conn = Connection::open(&path).unwrap();
+            beat(&conn, 1_000).unwrap();
+        }
+        let (s, n) = Store::open(&path).unwrap();
+        assert_eq!(n, 1);
+        let r = s.get("r").await.unwrap().unwrap();
+        assert_eq!(r.ended_at_ms, Some(1_000));
     }
 }

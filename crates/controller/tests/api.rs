@@ -77,10 +77,94 @@ async fn no_token_configured_means_open_loopback_api() {
         ..config()
     };
     let h = Harness::new(cfg, fast());
-    let r = h
-        .call(Request::get("/v1/pool").body(Body::empty()).unwrap())
+    for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+        let r = h
+            .call(
+                Request::get("/v1/pool")
+                    .header("host", host)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+    }
+}
+
+/// Probe F5: without a token, a foreign `Host` (DNS rebinding) is refused on every client
+/// route, and a `text/plain` POST (a CORS "simple" request any web page can send) starts
+/// nothing, with or without a token.
+#[tokio::test]
+async fn no_token_refuses_foreign_hosts_and_every_api_refuses_non_json_bodies() {
+    let open = Harness::new(
+        ControllerConfig {
+            api_token: None,
+            ..config()
+        },
+        fast(),
+    );
+    for (method, path) in [
+        (Method::GET, "/v1/pool"),
+        (Method::PUT, "/v1/pool"),
+        (Method::POST, "/v1/executions"),
+        (Method::GET, "/metrics"),
+    ] {
+        for host in ["attacker.example:8080", "127.0.0.1.nip.io:8080", ""] {
+            let mut b = Request::builder().method(method.clone()).uri(path);
+            if !host.is_empty() {
+                b = b.header("host", host);
+            }
+            let r = open
+                .call(
+                    b.header("content-type", "application/json")
+                        .body(Body::from(job("u").to_string()))
+                        .unwrap(),
+                )
+                .await;
+            r.assert_error(StatusCode::MISDIRECTED_REQUEST, "misdirected_request");
+        }
+    }
+    // /healthz stays reachable (load balancers probe it by address).
+    let r = open
+        .call(
+            Request::get("/healthz")
+                .header("host", "lb.internal")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+
+    let authed = Harness::new(config(), fast());
+    for (h, auth) in [(&open, false), (&authed, true)] {
+        for (method, path, ct) in [
+            (
+                Method::POST,
+                "/v1/executions",
+                Some("text/plain;charset=UTF-8"),
+            ),
+            (Method::POST, "/v1/executions", None),
+            (
+                Method::POST,
+                "/v1/perspectives",
+                Some("application/x-www-form-urlencoded"),
+            ),
+            (Method::PUT, "/v1/pool", Some("text/plain")),
+        ] {
+            let mut b = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "127.0.0.1:8080");
+            if auth {
+                b = b.header("authorization", format!("Bearer {TOKEN}"));
+            }
+            if let Some(ct) = ct {
+                b = b.header("content-type", ct);
+            }
+            let r = h.call(b.body(Body::from(r#"{"size":3}"#)).unwrap()).await;
+            r.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+        }
+        assert_eq!(h.fake.launched(), 0);
+    }
 }
 
 #[tokio::test]
@@ -179,6 +263,7 @@ async fn validation_errors_are_400_with_a_reason() {
     // Not JSON at all.
     let raw = Request::post("/v1/executions")
         .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
         .body(Body::from("{nope"))
         .unwrap();
     h.call(raw)
@@ -399,16 +484,31 @@ async fn pool_get_and_put() {
     let r = h.call(req(Method::GET, "/v1/pool", None)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["size"], 0);
+    // config(): max_concurrency 4, so a pool of 4 is the largest useful one.
     let r = h
-        .call(req(Method::PUT, "/v1/pool", Some(json!({"size": 7}))))
+        .call(req(Method::PUT, "/v1/pool", Some(json!({"size": 4}))))
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json()["size"], 7);
+    assert_eq!(r.json()["size"], 4);
     for bad in [json!({"size": -1}), json!({}), json!({"size": 1_000_000})] {
         h.call(req(Method::PUT, "/v1/pool", Some(bad)))
             .await
             .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     }
+    // Probe F4: a pool larger than the executions that can run at once is refused, clearly.
+    let r = h
+        .call(req(Method::PUT, "/v1/pool", Some(json!({"size": 5}))))
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains("at most 4") && msg.contains("POLYDEV_MAX_CONCURRENCY"),
+        "{msg}"
+    );
+    assert_eq!(
+        h.call(req(Method::GET, "/v1/pool", None)).await.json()["size"],
+        4
+    );
 }
 
 #[tokio::test]

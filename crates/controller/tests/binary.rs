@@ -43,10 +43,10 @@ struct Running {
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
-async fn start(db: &Path, emu: &Emulator) -> Running {
+fn command(db: &Path, emu: &Emulator, listen: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polydev-controller"));
     cmd.env_clear()
-        .env("POLYDEV_LISTEN", "127.0.0.1:0")
+        .env("POLYDEV_LISTEN", listen)
         .env("POLYDEV_API_TOKEN", TOKEN)
         .env("POLYDEV_DB", db)
         .env("POLYDEV_RUNTIME", runtime_bin())
@@ -62,7 +62,11 @@ async fn start(db: &Path, emu: &Emulator) -> Running {
         let (k, v) = base_url_env(p, &emu.base_url());
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
+    cmd
+}
+
+async fn start(db: &Path, emu: &Emulator) -> Running {
+    let mut child = command(db, emu, "127.0.0.1:0").spawn().unwrap();
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let mut err = child.stderr.take().unwrap();
     let sink = Arc::clone(&stderr);
@@ -199,6 +203,36 @@ async fn kill_9_restart_and_sigterm() {
         .unwrap()
         .to_owned();
     eventually("upstream open", || emu.status().open_streams == 1).await;
+
+    // 2b. A second controller on the same database, or on the same port, refuses to start and
+    //     leaves the first one's running execution alone.
+    for (listen, expect) in [
+        ("127.0.0.1:0".to_owned(), "another controller"),
+        (first.addr.to_string(), "cannot listen"),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            command(&db, &emu, &listen).output(),
+        )
+        .await
+        .expect("a refused controller exits")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(expect), "{listen}: {err}");
+        let (_, body) = body_json(
+            send(
+                first.addr,
+                Method::GET,
+                &format!("/v1/executions/{long_id}"),
+                &[],
+                None,
+            )
+            .await,
+        )
+        .await;
+        assert!(body.contains("\"status\":\"running\""), "{listen}: {body}");
+    }
     let pid = first.child.id().unwrap();
     let runtimes = children_of(pid);
     assert!(

@@ -30,8 +30,17 @@ async fn restart_marks_unfinished_rows_interrupted() {
     eventually("launched", || h.fake.is_running(&running)).await;
     h.controller.flush().await;
 
-    // "Crash": the first controller is abandoned without shutdown; a new one opens the file.
-    let (store, marked) = Store::open(&h.db).unwrap();
+    // "Crash": the database as the first controller leaves it (its committed pages and WAL,
+    // copied while it still runs, since in this process its store keeps the file's lock), opened
+    // by a new controller.
+    let crashed = h.dir.path().join("crashed.db");
+    for suffix in ["", "-wal"] {
+        let from = format!("{}{suffix}", h.db.display());
+        if std::path::Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", crashed.display())).unwrap();
+        }
+    }
+    let (store, marked) = Store::open(&crashed).unwrap();
     assert_eq!(marked, 2);
     let fresh = Controller::new(cfg, Arc::new(FakeBackend::new(Behavior::Manual)), store);
     let app = app(fresh);
@@ -66,4 +75,19 @@ async fn restart_marks_unfinished_rows_interrupted() {
     .json();
     assert_eq!(v["usage"]["input_tokens"], 5);
     assert_eq!(v["warm"], false);
+}
+
+#[tokio::test]
+async fn a_second_controller_on_a_live_database_is_refused() {
+    let h = Harness::new(config(), FakeBackend::new(Behavior::Manual));
+    let running = submit(&h, "u").await;
+    eventually("launched", || h.fake.is_running(&running)).await;
+    h.controller.flush().await;
+    let err = Store::open(&h.db).unwrap_err();
+    assert!(err.to_string().contains("another controller"), "{err}");
+    let v = h
+        .call(req(Method::GET, &format!("/v1/executions/{running}"), None))
+        .await
+        .json();
+    assert_eq!(v["status"], "running", "{v}");
 }

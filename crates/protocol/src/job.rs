@@ -179,6 +179,8 @@ pub enum JobError {
     Malformed(String),
     #[error("no API key for provider {0}")]
     MissingKey(Provider),
+    #[error("the {0} API key contains spaces, control or non-ASCII characters")]
+    MalformedKey(Provider),
     #[error("no prompt: set a non-empty prompt or messages")]
     MissingPrompt,
     #[error("both prompt and messages are set: use one")]
@@ -187,6 +189,39 @@ pub enum JobError {
     LastMessageNotUser,
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+/// Longest model id accepted (real ids are well under 100 bytes).
+pub const MAX_MODEL_BYTES: usize = 256;
+
+/// A model id is a short printable token: ASCII letters, digits and `. _ - : @ +` (enough for
+/// every provider's ids, fine-tunes such as `ft:gpt-4o-mini:org::id`, and Vertex-style
+/// `claude-…@2024…`), at most [`MAX_MODEL_BYTES`], and not `.` or `..`. It is placed in URL
+/// paths, stored and logged, so line breaks, NUL, escapes, spaces and path syntax never pass.
+pub fn check_model_id(model: &str) -> Result<(), JobError> {
+    let invalid = |reason: &str| JobError::Invalid {
+        field: "model",
+        reason: reason.to_owned(),
+    };
+    if model.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if model.len() > MAX_MODEL_BYTES {
+        return Err(invalid(&format!("is longer than {MAX_MODEL_BYTES} bytes")));
+    }
+    if model == "." || model == ".." {
+        return Err(invalid("is not a model id"));
+    }
+    if let Some(c) = model
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+')))
+    {
+        return Err(invalid(&format!(
+            "may hold only ASCII letters, digits and . _ - : @ + (found {:?})",
+            c.escape_default().to_string()
+        )));
+    }
+    Ok(())
 }
 
 impl Job {
@@ -203,6 +238,12 @@ impl Job {
     pub fn validate(&self) -> Result<(), JobError> {
         if self.credentials.api_key.is_empty() {
             return Err(JobError::MissingKey(self.provider));
+        }
+        // The key becomes an HTTP header value: refuse what no provider issues and what could
+        // split or smuggle a header.
+        let key = self.credentials.api_key.expose();
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(JobError::MalformedKey(self.provider));
         }
         let has_prompt = self.prompt.as_deref().is_some_and(|p| !p.trim().is_empty());
         match (&self.prompt, &self.messages) {
@@ -232,13 +273,8 @@ impl Job {
                 reason: format!("{t} is outside 0..=2"),
             });
         }
-        if let Some(model) = &self.model
-            && (model.trim().is_empty() || model.contains(['/', '?', '#', ' ']))
-        {
-            return Err(JobError::Invalid {
-                field: "model",
-                reason: format!("{model:?} is not a model id"),
-            });
+        if let Some(model) = &self.model {
+            check_model_id(model)?;
         }
         if let Some(url) = &self.base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -358,6 +394,57 @@ mod tests {
             r#"{"provider":"openai","prompt":"p","base_url":"file:///etc","credentials":{"api_key":"k"}}"#,
         );
         assert!(bad_url.validate().is_err());
+        for key in [r"sk-a\r\nX-Evil: 1", r"sk-\u00e9", "sk a", r"sk-\u0000"] {
+            let j = job(&format!(
+                r#"{{"provider":"anthropic","prompt":"p","credentials":{{"api_key":"{key}"}}}}"#
+            ));
+            assert_eq!(
+                j.validate(),
+                Err(JobError::MalformedKey(Provider::Anthropic)),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_ids_are_short_printable_tokens() {
+        for ok in [
+            "gpt-5-mini",
+            "claude-haiku-4-5",
+            "gemini-3.5-flash-len20-rate20",
+            "ft:gpt-4o-mini:org::abc123",
+            "claude-3-5-sonnet@20240620",
+            "anthropic.claude-v2:1",
+            "o3",
+        ] {
+            assert_eq!(check_model_id(ok), Ok(()), "{ok}");
+        }
+        let long = "m".repeat(MAX_MODEL_BYTES + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "gpt\nINFO forged",
+            "gpt\u{0}x",
+            "gpt\u{1b}[31m",
+            "gpt 5",
+            "gpt\u{a0}5",
+            "a/b",
+            "m?x",
+            "m#x",
+            "m%2F",
+            "m\\x",
+            "gpt\u{200b}",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(
+                    check_model_id(bad),
+                    Err(JobError::Invalid { field: "model", .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

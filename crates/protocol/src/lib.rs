@@ -15,4 +15,7 @@ mod job;
 
 pub use error::{EXIT_SUCCESS, ErrorKind};
 pub use event::{ErrorEvent, Event, FinishReason, Usage};
-pub use job::{ApiKey, Credentials, Job, JobError, Message, Provider, Role, Timeouts};
+pub use job::{
+    ApiKey, Credentials, Job, JobError, MAX_MODEL_BYTES, Message, Provider, Role, Timeouts,
+    check_model_id,
+};

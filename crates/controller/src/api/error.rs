@@ -26,8 +26,16 @@ pub enum AppError {
     Gone,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the request body must be JSON: send Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error(
+        "Host {0:?} is not this controller's: without an API token it answers loopback names only"
+    )]
+    ForeignHost(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("the controller is at capacity; retry later")]
     AtCapacity,
     #[error("this user has too many active executions (at most {0}); retry when one ends")]
@@ -51,7 +59,10 @@ impl AppError {
             AppError::NotFound | AppError::NoRoute => StatusCode::NOT_FOUND,
             AppError::Gone => StatusCode::GONE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::ForeignHost(_) => StatusCode::MISDIRECTED_REQUEST,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::AtCapacity | AppError::UserLimit(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::TooManyStreams | AppError::ShuttingDown | AppError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -67,7 +78,10 @@ impl AppError {
             AppError::NotFound | AppError::NoRoute => "not_found",
             AppError::Gone => "expired",
             AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::ForeignHost(_) => "misdirected_request",
             AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::BodyTimeout => "request_timeout",
             AppError::AtCapacity => "at_capacity",
             AppError::UserLimit(_) => "user_limit",
             AppError::TooManyStreams => "too_many_streams",

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,7 +35,7 @@ use serde_json::json;
 pub use error::AppError;
 pub use sse::log_stream;
 
-use crate::config::MAX_PERSPECTIVE_TARGETS;
+use crate::config::{ENV_MAX_CONCURRENCY, MAX_PERSPECTIVE_TARGETS};
 use crate::controller::{Controller, Lookup};
 use crate::execution::{ErrorView, ExecutionView, Status, events_url};
 use crate::policy::sanitize_json_error;
@@ -43,8 +43,6 @@ use crate::store::Record;
 
 /// How long `DELETE` waits for the execution to end before answering `202`.
 const CANCEL_REPLY_WAIT: Duration = Duration::from_millis(2500);
-/// Largest warm pool size accepted by `PUT /v1/pool`.
-const MAX_POOL_SIZE: usize = 10_000;
 /// Execution ids are short; anything longer is not one (and is not looked up).
 const MAX_ID_LEN: usize = 64;
 
@@ -67,6 +65,10 @@ pub fn app(controller: Controller) -> Router {
         .route("/v1/pool", get(get_pool).put(put_pool))
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .route_layer(middleware::from_fn_with_state(
+            controller.clone(),
+            json_body,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(controller.clone(), auth))
         .with_state(controller);
@@ -78,9 +80,17 @@ pub fn app(controller: Controller) -> Router {
 
 // === auth ===
 
+/// The client routes' guard: the bearer token when one is configured; without one (loopback
+/// only), a loopback `Host`, so that a web page the operator visits cannot reach the API
+/// through DNS rebinding.
 async fn auth(State(c): State<Controller>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/healthz" {
         return next.run(req).await;
+    }
+    if c.config().api_token.is_none()
+        && let Err(e) = check_loopback_host(req.headers())
+    {
+        return e.into_response();
     }
     if let Some(token) = &c.config().api_token {
         let presented = req
@@ -96,6 +106,93 @@ async fn auth(State(c): State<Controller>, req: Request, next: Next) -> Response
         }
     }
     next.run(req).await
+}
+
+/// For the routes that exist (as a route layer: an unknown route stays 404 and a wrong method
+/// 405), a body-carrying request must be `application/json` (a web page cannot send that
+/// cross-origin without a CORS preflight, which this API never grants, so a `text/plain`
+/// "simple" POST starts nothing), and its body is read here within the body timeout.
+async fn json_body(State(c): State<Controller>, req: Request, next: Next) -> Response {
+    // A request with no body has no content to type (and cannot start anything): it goes on
+    // to its handler, which answers it (400, or 405 for a method the route lacks).
+    let empty = axum::body::HttpBody::size_hint(req.body()).exact() == Some(0);
+    if empty || !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+        return next.run(req).await;
+    }
+    if !is_json(req.headers()) {
+        return AppError::UnsupportedMediaType.into_response();
+    }
+    match read_body(&c, req).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads a JSON request's whole body within the body timeout and size limit (security probe
+/// F1: a client that sends its head and then trickles or withholds the body is cut off), and
+/// hands the handler the bytes.
+async fn read_body(c: &Controller, req: Request) -> Result<Request, AppError> {
+    let limit = c.config().max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let bytes = tokio::time::timeout(
+        c.config().connections.body_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    .map_err(|_| AppError::BodyTimeout)?
+    .map_err(|e| {
+        // `to_bytes` fails for the limit (a length-limit error in its source chain) or a read.
+        let too_large =
+            std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            AppError::PayloadTooLarge(limit)
+        } else {
+            AppError::BadRequest("cannot read the request body".into())
+        }
+    })?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+/// `Content-Type` is `application/json` (any case, any parameters) or a `+json` type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(v) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// The `Host` header names this machine's loopback: `localhost`, an IPv4 address in
+/// 127.0.0.0/8 or `[::1]`, with any port.
+fn check_loopback_host(headers: &HeaderMap) -> Result<(), AppError> {
+    let raw = headers
+        .get(header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let host = match raw.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => raw.rsplit_once(':').map_or(raw.as_str(), |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(AppError::ForeignHost(raw.chars().take(100).collect()))
+    }
 }
 
 /// Compares in time independent of where the inputs differ (only of the longer length).
@@ -447,9 +544,11 @@ async fn put_pool(
 ) -> Result<Response, AppError> {
     let body = body_bytes(body, c.config().max_body_bytes)?;
     let req: PoolRequest = parse_json(&body, "pool request")?;
-    if req.size > MAX_POOL_SIZE {
+    let max = c.config().max_concurrency;
+    if req.size > max {
         return Err(AppError::BadRequest(format!(
-            "size must be at most {MAX_POOL_SIZE}"
+            "size must be at most {max} ({ENV_MAX_CONCURRENCY}): a warm runtime beyond the \
+             executions that can run at once only holds memory and file descriptors"
         )));
     }
     c.set_pool_size(req.size).map_err(|e| match e {
@@ -461,8 +560,66 @@ async fn put_pool(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(&h(ok)), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+        ] {
+            assert!(!is_json(&h(bad)), "{bad}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8080",
+            "127.9.9.9",
+            "[::1]",
+        ] {
+            assert!(check_loopback_host(&h(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "attacker.example:8080",
+            "127.0.0.1.nip.io",
+            "localhost.attacker.example",
+            "10.0.0.1:80",
+            "[::2]:1",
+            "0.0.0.0:8080",
+            "",
+        ] {
+            assert!(check_loopback_host(&h(bad)).is_err(), "{bad}");
+        }
+        assert!(check_loopback_host(&HeaderMap::new()).is_err());
+    }
 
     #[test]
     fn constant_time_compare() {

@@ -249,6 +249,9 @@ pub async fn send(
         .uri(path)
         .header("host", addr.to_string())
         .header("authorization", format!("Bearer {TOKEN}"));
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
