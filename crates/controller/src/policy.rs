@@ -26,7 +26,7 @@ pub fn base_url_allowed(url: &str, allowed: &[String]) -> Result<(), String> {
                 .into(),
         );
     }
-    check_url_text(url)?;
+    check_url_text(url).map_err(|reason| format!("invalid base_url: {reason}"))?;
     let ok = allowed.iter().any(|prefix| {
         url == prefix
             || (url.starts_with(prefix.as_str())

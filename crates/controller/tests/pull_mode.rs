@@ -468,6 +468,7 @@ async fn stream_tls(addr: SocketAddr, ca_pem: &str, body: Value) -> Vec<Sse> {
         .header("host", format!("localhost:{}", addr.port()))
         .header("authorization", format!("Bearer {TOKEN}"))
         .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
         .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let res = sender.send_request(req).await.unwrap();

@@ -234,10 +234,13 @@ impl Settings {
             .unwrap_or_else(|| polydev_providers::default_base_url(job.provider).to_owned())
     }
 
-    /// The job's timeouts, falling back to the environment's, then to the defaults.
+    /// The operator's timeouts (the environment's, else the defaults) are maximums: a job may
+    /// shorten each one, never lengthen it, so a caller cannot hold a stalled upstream open
+    /// past what the operator allows (security probe F6).
     pub fn timeouts(&self, job: &Job) -> ResolvedTimeouts {
         let pick = |job: Option<u64>, env: Option<u64>, default: Duration| {
-            job.or(env).map(Duration::from_millis).unwrap_or(default)
+            let max = env.map(Duration::from_millis).unwrap_or(default);
+            job.map(Duration::from_millis).map_or(max, |j| j.min(max))
         };
         let (j, e) = (&job.timeouts, &self.timeouts);
         ResolvedTimeouts {
@@ -541,6 +544,11 @@ mod tests {
         job.timeouts.idle_ms = Some(5);
         job.base_url = Some("https://example.invalid".into());
         assert_eq!(s.timeouts(&job).idle, Duration::from_millis(5));
+        // A job never lengthens the operator's timeouts (env or default).
+        job.timeouts.idle_ms = Some(u64::MAX);
+        job.timeouts.total_ms = Some(u64::MAX);
+        assert_eq!(s.timeouts(&job).idle, Duration::from_millis(250));
+        assert_eq!(s.timeouts(&job).total, DEFAULT_TOTAL_TIMEOUT);
         assert_eq!(s.base_url(&job), "https://example.invalid");
         assert!(Settings::from_env(&env(&[("OUTPUT", "xml")])).is_err());
         assert!(Settings::from_env(&env(&[("WARM_POOL", "yes please")])).is_err());

@@ -58,6 +58,8 @@ SETTINGS (environment, every mode):
     FIRST_TOKEN_TIMEOUT_MS   request to first text/reasoning  (default 120000)
     IDLE_TIMEOUT_MS          longest gap between stream bytes (default 60000)
     TOTAL_TIMEOUT_MS         whole execution                  (default 600000)
+                             (the four timeouts are maximums: a job's own `timeouts` may
+                             only shorten them)
     MAX_ATTEMPTS             attempts before output, retryable errors only (default 3)
     MAX_RETRY_WAIT_MS        total wait between attempts      (default 30000)
     WARM_POOL                true: emit {\"type\":\"ready\"}, then take one job from stdin, or

@@ -261,7 +261,11 @@ fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<u64, AppErr
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "last_event_id")
-            .map(|(_, v)| v.to_owned())
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
     });
     let raw = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -635,6 +639,8 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(last_event_id(&h, None), Ok(0));
         assert_eq!(last_event_id(&h, Some("last_event_id=7")), Ok(7));
+        // The query value is percent-decoded (probe F12).
+        assert_eq!(last_event_id(&h, Some("a=b&last_event_id=%33%34")), Ok(34));
         h.insert("last-event-id", HeaderValue::from_static("3"));
         assert_eq!(last_event_id(&h, Some("last_event_id=7")), Ok(3));
         h.insert("last-event-id", HeaderValue::from_static("x"));

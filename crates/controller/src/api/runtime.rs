@@ -36,6 +36,7 @@ pub fn router(api: RuntimeApi) -> Router {
     Router::new()
         .route("/runtime/v1/next", get(next))
         .route("/runtime/v1/executions/{id}/events", post(events))
+        .method_not_allowed_fallback(|| async { RuntimeError::MethodNotAllowed })
         .with_state(api)
 }
 
@@ -52,6 +53,8 @@ enum RuntimeError {
     TooLarge(ReportError),
     #[error("not an execution id")]
     BadId,
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl RuntimeError {
@@ -65,6 +68,7 @@ impl RuntimeError {
             RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => StatusCode::GONE,
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::BadId => StatusCode::NOT_FOUND,
+            RuntimeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -78,6 +82,7 @@ impl RuntimeError {
             RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => "gone",
             RuntimeError::TooLarge(_) => "payload_too_large",
             RuntimeError::BadId => "not_found",
+            RuntimeError::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -295,6 +300,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         f.registry.register(id.clone(), tx, None).unwrap();
 
+        // A wrong method gets a JSON body like every other refusal (probe F12).
+        let (s, body) = call(&f.app, "DELETE", "/runtime/v1/next", None, "").await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+        assert!(body.contains("\"kind\":\"method_not_allowed\""), "{body}");
         // No or bad credentials.
         let (s, body) = call(&f.app, "GET", "/runtime/v1/next", None, "").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");

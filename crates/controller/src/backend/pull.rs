@@ -406,11 +406,23 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The private directory.
 
+/// Name prefix of every private directory under the temporary directory.
+const PRIVATE_DIR_PREFIX: &str = "polydev-runtime-api-";
+/// The file whose `flock` a live controller holds for as long as its directory exists.
+const PRIVATE_DIR_LOCK: &str = ".owner.lock";
+/// A leftover directory without a lock file (made before there was one) counts as stale when
+/// nothing in it changed for this long.
+const LEGACY_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// A directory only this user can enter (0700), for files runtimes read by path: token files
 /// (0600) and a CA bundle. Removed with everything in it by [`PrivateDir::close`] or on drop.
+/// While it exists its owner holds an advisory lock on a file inside it, so that the next
+/// controller's start can tell a directory a `kill -9` left behind (lock free: removed) from a
+/// live controller's (lock held: kept); security probe F9.
 pub struct PrivateDir {
     path: PathBuf,
     dir: Mutex<Option<tempfile::TempDir>>,
+    _owner: std::fs::File,
 }
 
 impl fmt::Debug for PrivateDir {
@@ -422,18 +434,39 @@ impl fmt::Debug for PrivateDir {
 }
 
 impl PrivateDir {
-    /// A new directory under the system's temporary directory.
+    /// A new directory under the system's temporary directory, after removing the ones
+    /// controllers killed without cleaning up left there.
     pub fn create() -> Result<PrivateDir, PullError> {
+        Self::create_in(&std::env::temp_dir())
+    }
+
+    fn create_in(parent: &Path) -> Result<PrivateDir, PullError> {
         use std::os::unix::fs::PermissionsExt;
+        let swept = sweep_stale(parent);
+        if swept > 0 {
+            tracing::info!(
+                count = swept,
+                "removed runtime API directories left by controllers that were killed"
+            );
+        }
         let dir = tempfile::Builder::new()
-            .prefix("polydev-runtime-api-")
-            .tempdir()
+            .prefix(PRIVATE_DIR_PREFIX)
+            .tempdir_in(parent)
             .map_err(|e| PullError::PrivateDir(e.kind()))?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(|e| PullError::PrivateDir(e.kind()))?;
+        let owner = std::fs::File::create(dir.path().join(PRIVATE_DIR_LOCK))
+            .map_err(|e| PullError::PrivateDir(e.kind()))?;
+        owner.try_lock().map_err(|e| {
+            PullError::PrivateDir(match e {
+                std::fs::TryLockError::Error(e) => e.kind(),
+                std::fs::TryLockError::WouldBlock => std::io::ErrorKind::WouldBlock,
+            })
+        })?;
         Ok(PrivateDir {
             path: dir.path().to_path_buf(),
             dir: Mutex::new(Some(dir)),
+            _owner: owner,
         })
     }
 
@@ -467,6 +500,42 @@ impl PrivateDir {
             tracing::warn!(error = %e, "cannot remove the runtime API's private directory");
         }
     }
+}
+
+/// Removes the private directories under `parent` that no live controller owns: the lock
+/// file is free (its owner died), or, for a directory without one, nothing changed in it for
+/// [`LEGACY_STALE_AFTER`]. Directories this user cannot open are left alone. Returns how many
+/// were removed.
+fn sweep_stale(parent: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(PRIVATE_DIR_PREFIX))
+        {
+            continue;
+        }
+        let path = entry.path();
+        let stale = match std::fs::File::open(path.join(PRIVATE_DIR_LOCK)) {
+            // The lock is released when its owner's process ends, however it ended.
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > LEGACY_STALE_AFTER),
+            Err(_) => false,
+        };
+        if stale && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1010,6 +1079,31 @@ mod tests {
             max_line_bytes: 64,
             max_report_bytes: 1024,
         }))
+    }
+
+    #[test]
+    fn a_killed_controllers_directory_is_swept_and_a_live_ones_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        // A live controller's directory (its lock held by this handle).
+        let live = PrivateDir::create_in(parent.path()).unwrap();
+        // What `kill -9` leaves: the lock file is there but nobody holds it.
+        let dead = parent.path().join(format!("{PRIVATE_DIR_PREFIX}dead"));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(PRIVATE_DIR_LOCK), b"").unwrap();
+        std::fs::write(dead.join("instance.token"), b"secret").unwrap();
+        // A recent directory from before lock files, and something else entirely.
+        let legacy = parent.path().join(format!("{PRIVATE_DIR_PREFIX}legacy"));
+        std::fs::create_dir(&legacy).unwrap();
+        let other = parent.path().join("unrelated");
+        std::fs::create_dir(&other).unwrap();
+
+        let next = PrivateDir::create_in(parent.path()).unwrap();
+        assert!(!dead.exists(), "the dead controller's directory stayed");
+        assert!(live.path().exists() && next.path().exists());
+        assert!(legacy.exists() && other.exists());
+        live.close();
+        next.close();
+        assert!(!live.path().exists());
     }
 
     #[test]
