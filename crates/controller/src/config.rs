@@ -169,6 +169,46 @@ impl ConnectionLimits {
     }
 }
 
+/// How long a runtime that has started its job may send nothing before the controller calls
+/// it hung (security probe F7: a SIGSTOPped runtime otherwise holds its stream with keep-alives
+/// until `max_execution_time`). Derived from the runtime's own timeouts, which end a silent
+/// upstream first: before any output it may legitimately wait through every attempt's connect
+/// and first-token timeouts plus the retry waits; once output flows, at most its idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SilenceLimits {
+    pub before_output: Duration,
+    pub streaming: Duration,
+}
+
+impl SilenceLimits {
+    /// Slack over the runtime's own bound, for its error to arrive first.
+    pub const MARGIN: Duration = Duration::from_secs(30);
+
+    /// The limits for runtimes configured with these settings (`None`: the runtime's default).
+    pub fn for_runtime(env: &RuntimeEnvArgs) -> SilenceLimits {
+        use polydev_protocol::defaults as d;
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let attempts = env.max_attempts.unwrap_or(d::DEFAULT_MAX_ATTEMPTS).max(1);
+        let per_attempt = ms(env.connect_timeout_ms, d::DEFAULT_CONNECT_TIMEOUT).saturating_add(
+            ms(env.first_token_timeout_ms, d::DEFAULT_FIRST_TOKEN_TIMEOUT),
+        );
+        SilenceLimits {
+            before_output: per_attempt
+                .saturating_mul(attempts)
+                .saturating_add(ms(env.max_retry_wait_ms, d::DEFAULT_MAX_RETRY_WAIT))
+                .saturating_add(Self::MARGIN),
+            streaming: ms(env.idle_timeout_ms, d::DEFAULT_IDLE_TIMEOUT)
+                .saturating_add(Self::MARGIN),
+        }
+    }
+}
+
+impl Default for SilenceLimits {
+    fn default() -> Self {
+        SilenceLimits::for_runtime(&RuntimeEnvArgs::default())
+    }
+}
+
 /// What the library runs with: validated limits and policies.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -192,6 +232,7 @@ pub struct ControllerConfig {
     pub shutdown_grace: Duration,
     pub cancel_wait: Duration,
     pub max_execution_time: Duration,
+    pub runtime_silence: SilenceLimits,
 }
 
 impl Default for ControllerConfig {
@@ -215,6 +256,7 @@ impl Default for ControllerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cancel_wait: CANCEL_WAIT,
             max_execution_time: DEFAULT_MAX_EXECUTION_TIME,
+            runtime_silence: SilenceLimits::default(),
         }
     }
 }
@@ -688,6 +730,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             cancel_wait: CANCEL_WAIT,
             max_execution_time: self.max_execution_time,
+            runtime_silence: SilenceLimits::for_runtime(&self.runtime_env),
         })
     }
 }

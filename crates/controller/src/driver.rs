@@ -11,6 +11,7 @@
 //! not events are counted and logged with the credential masked, never forwarded.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use polydev_protocol::{ApiKey, ErrorEvent, ErrorKind, Event, Job};
 use tokio::time::{Instant, sleep_until};
@@ -31,6 +32,8 @@ enum Stop {
     Linger,
     /// The output exceeded the event log bound (the execution has already ended).
     Overflow,
+    /// The runtime sent nothing for longer than its own timeouts allow: it is hung.
+    Silent(Duration),
 }
 
 /// Ends the execution if the driver stops without having ended it (a bug or a panic): the
@@ -154,10 +157,31 @@ async fn pump(
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
     let mut late_events = 0u64;
+    // The silence watchdog: armed by the runtime's first event (a cold start, scheduling and
+    // image pulls are the backend's to bound), checked lazily: an event only records the time,
+    // and the timer is re-armed when it fires early, never reset per event.
+    let mut last_output: Option<Instant> = None;
+    let mut streaming = false;
+    let silence = sleep_until(deadline);
+    tokio::pin!(silence);
+    let limit = |streaming: bool| {
+        if streaming {
+            cfg.runtime_silence.streaming
+        } else {
+            cfg.runtime_silence.before_output
+        }
+    };
     loop {
         tokio::select! {
             item = instance.output.recv() => match item {
                 Some(InstanceOutput::Event(event)) => {
+                    let now = Instant::now();
+                    if last_output.is_none() {
+                        silence.as_mut().reset(now + limit(false));
+                    }
+                    last_output = Some(now);
+                    // Output flows once anything but the runtime's bookkeeping arrives.
+                    streaming |= !matches!(event, Event::Ready | Event::Start { .. } | Event::Usage(_));
                     match on_event(shared, exec, event, stop) {
                         Relay::Continue => {}
                         Relay::Ended => {
@@ -216,6 +240,17 @@ async fn pump(
                 instance.cancel.cancel();
                 stop = Some(Stop::Cancel(reason));
                 kill_at = Some(Instant::now() + cfg.cancel_wait);
+            }
+            () = &mut silence, if stop.is_none() && last_output.is_some() && !exec.is_ended() => {
+                let limit = limit(streaming);
+                let due = last_output.map_or(deadline, |t| t + limit);
+                if Instant::now() >= due {
+                    instance.cancel.cancel();
+                    stop = Some(Stop::Silent(limit));
+                    kill_at = Some(Instant::now() + cfg.cancel_wait);
+                } else {
+                    silence.as_mut().reset(due);
+                }
             }
             () = sleep_until(deadline), if stop.is_none() => {
                 instance.cancel.cancel();
@@ -331,6 +366,15 @@ fn stopped_error(exec: &Execution, stop: Stop, shared: &Shared) -> Event {
             format!(
                 "the execution ran longer than the controller's limit of {} s",
                 shared.config.max_execution_time.as_secs()
+            ),
+        ),
+        Stop::Silent(limit) => error(
+            exec,
+            ErrorKind::Timeout,
+            format!(
+                "the runtime sent nothing for {} s, longer than its own timeouts allow; it was \
+                 stopped as hung",
+                limit.as_secs()
             ),
         ),
         Stop::Linger | Stop::Overflow => error(

@@ -88,43 +88,67 @@ where
     L::Addr: std::fmt::Debug,
 {
     let limits = controller.config().connections;
-    let app = app(controller.clone());
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = std::sync::Arc::clone(&slots).acquire_owned() => slot,
-        };
-        // The semaphore is never closed, so acquiring only fails if it were.
-        let Ok(slot) = slot else { break };
-        let (io, _addr) = tokio::select! {
-            () = &mut shutdown => break,
-            // axum's `accept` retries transient errors (EMFILE included) itself.
-            conn = listener.accept() => conn,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            // Errors here are the client's (reset, timeout, malformed request): nothing to do.
-            let _ = conn.await;
-            drop(slot);
-        });
+    let server = Connections {
+        app: app(controller.clone()),
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1))),
+        graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+        http: {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true);
+            http
+        },
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = server.accept_forever(&mut listener) => {}
     }
-    // Stop admitting, end every execution and its streams (each with its terminal event),
-    // then let connections finish sending within the drain.
-    controller.shutdown().await;
-    if tokio::time::timeout(HTTP_DRAIN, graceful.shutdown())
+    // Stop admitting, end every execution and its streams (each with its terminal event)
+    // within the grace; meanwhile keep answering (new work gets 503, health says so).
+    tokio::select! {
+        () = controller.shutdown() => {}
+        () = server.accept_forever(&mut listener) => {}
+    }
+    drop(listener);
+    if tokio::time::timeout(HTTP_DRAIN, server.graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain; closing them");
     }
     Ok(())
+}
+
+/// The listener's side of [`ConnectionLimits`](config::ConnectionLimits): each connection
+/// holds a slot of `slots` until it closes, and is served HTTP/1.1 only, with the header (and
+/// keep-alive idle) timeout, under `graceful` for the drain at shutdown.
+struct Connections {
+    app: axum::Router,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+    http: hyper::server::conn::http1::Builder,
+}
+
+impl Connections {
+    async fn accept_forever<L: axum::serve::Listener>(&self, listener: &mut L) {
+        loop {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let Ok(slot) = std::sync::Arc::clone(&self.slots).acquire_owned().await else {
+                return std::future::pending().await;
+            };
+            // axum's `accept` retries transient errors (EMFILE included) itself.
+            let (io, _addr) = listener.accept().await;
+            let service = hyper_util::service::TowerToHyperService::new(self.app.clone());
+            let conn = self
+                .http
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            let conn = self.graceful.watch(conn);
+            tokio::spawn(async move {
+                // Errors here are the client's (reset, timeout, malformed request).
+                let _ = conn.await;
+                drop(slot);
+            });
+        }
+    }
 }

@@ -682,3 +682,55 @@ async fn error_bodies_hold_no_internals() {
         }
     }
 }
+
+/// Probe F7: a runtime that stops talking mid-stream (SIGSTOPped, wedged) and ignores the
+/// cancel is ended by the controller's silence watchdog with `timeout`, long before
+/// `max_execution_time`; and one that is merely slow before its first token is left alone for
+/// the longer pre-output bound.
+#[tokio::test]
+async fn a_silent_runtime_is_ended_as_hung() {
+    use polydev_controller::config::SilenceLimits;
+    use polydev_controller::testing::OnCancel;
+    use polydev_protocol::Event;
+    let cfg = ControllerConfig {
+        runtime_silence: SilenceLimits {
+            before_output: Duration::from_millis(1500),
+            streaming: Duration::from_millis(300),
+        },
+        cancel_wait: Duration::from_millis(100),
+        ..config()
+    };
+    let fake = FakeBackend::new(Behavior::Manual);
+    fake.set_on_cancel(OnCancel::Ignore);
+    let h = Harness::new(cfg, fake);
+    let id = submit(&h, "u").await;
+    eventually("launched", || h.fake.is_running(&id)).await;
+    h.fake
+        .control(&id, Control::Event(Event::Text { text: "a".into() }));
+    let t0 = std::time::Instant::now();
+    let v = wait_terminal(&h, &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["error"]["kind"], "timeout", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sent nothing"),
+        "{v}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // Before any output the longer bound applies: still running after the streaming bound.
+    let id = submit(&h, "u").await;
+    eventually("launched", || h.fake.is_running(&id)).await;
+    h.fake.control(
+        &id,
+        Control::Event(Event::Usage(polydev_protocol::Usage::default())),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let v = h
+        .call(req(Method::GET, &format!("/v1/executions/{id}"), None))
+        .await
+        .json();
+    assert_eq!(v["status"], "running", "{v}");
+}

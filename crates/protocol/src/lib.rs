@@ -9,6 +9,7 @@
 //! Input types tolerate unknown fields (serde's default) so that an older runtime can read a
 //! job written by a newer controller; output types are stable and only ever gain fields.
 
+pub mod defaults;
 mod error;
 mod event;
 mod job;

@@ -33,15 +33,12 @@ pub const RUNTIME_TOKEN: &str = "RUNTIME_TOKEN";
 pub const RUNTIME_TOKEN_FILE: &str = "RUNTIME_TOKEN_FILE";
 pub const MAX_RETRY_WAIT_MS: &str = "MAX_RETRY_WAIT_MS";
 
-/// Timeout defaults. First token is generous because reasoning models can think for minutes
-/// before their first visible token.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(120);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(600);
-/// Retry caps (DESIGN.md 4.3): attempts in all, and total time spent waiting between them.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// Timeout and retry defaults: the contract's (the controller bounds a runtime's silence by
+/// them too).
+pub use polydev_protocol::defaults::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_TOKEN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_WAIT, DEFAULT_TOTAL_TIMEOUT,
+};
 /// Largest key file, job line or MESSAGES value we read; anything bigger is a mistake.
 pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 pub const MAX_JOB_LINE_BYTES: usize = 32 * 1024 * 1024;
