@@ -286,7 +286,7 @@ impl Execution {
                     s.text_truncated = true;
                 }
             }
-            Event::Reasoning { .. } => {
+            Event::Reasoning { .. } | Event::ToolCall(_) | Event::Refusal { .. } => {
                 s.output_started = true;
                 s.first_output.get_or_insert(now);
             }

@@ -40,22 +40,15 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn job(user: u8) -> Job {
-    Job {
-        execution_id: None,
-        user_id: Some(format!("user{user}")),
-        provider: Provider::ALL[user as usize % 3],
-        model: None,
-        prompt: Some("p".into()),
-        messages: None,
-        system: None,
-        max_tokens: None,
-        temperature: None,
-        credentials: Credentials {
+    let mut job = Job::new(
+        Provider::ALL[user as usize % 3],
+        Credentials {
             api_key: ApiKey::new("k-FAKE"),
         },
-        base_url: None,
-        timeouts: Default::default(),
-    }
+    );
+    job.user_id = Some(format!("user{user}"));
+    job.prompt = Some("p".into());
+    job
 }
 
 /// The outcome the first effective operation decided.

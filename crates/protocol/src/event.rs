@@ -1,11 +1,12 @@
 //! The normalized events a runtime writes, one JSON object per line (DESIGN.md 4.2).
 //!
-//! An execution emits `start`, any number of `text` / `reasoning` / `usage` events, then exactly
-//! one terminal event, `end` or `error`. A warm runtime emits `ready` first.
+//! An execution emits `start`, any number of `text` / `reasoning` / `tool_call` / `refusal` /
+//! `usage` events, then exactly one terminal event, `end` or `error`. A warm runtime emits
+//! `ready` first.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorKind, Provider};
+use crate::{ErrorKind, Provider, ToolCall};
 
 /// One line of runtime output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,8 +23,22 @@ pub enum Event {
     },
     /// A piece of the answer, in order.
     Text { text: String },
-    /// A piece of the model's reasoning / thinking summary, kept apart from the answer.
-    Reasoning { text: String },
+    /// A piece of the model's reasoning / thinking summary, kept apart from the answer. An
+    /// opaque `signature` (or `redacted` block) that the provider requires back in the next
+    /// turn arrives with empty `text`; the client returns it in the assistant turn's
+    /// `reasoning`.
+    Reasoning {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redacted: Option<String>,
+    },
+    /// A complete tool call, emitted as soon as its arguments are complete, in the order the
+    /// model made them.
+    ToolCall(ToolCall),
+    /// A piece of a refusal the provider marks as such (the execution ends `content_filter`).
+    Refusal { text: String },
     /// Token usage so far; may repeat, the last one wins.
     Usage(Usage),
     /// Terminal: success.
@@ -52,6 +67,8 @@ impl Event {
             Event::Start { .. } => "start",
             Event::Text { .. } => "text",
             Event::Reasoning { .. } => "reasoning",
+            Event::ToolCall(_) => "tool_call",
+            Event::Refusal { .. } => "refusal",
             Event::Usage(_) => "usage",
             Event::End { .. } => "end",
             Event::Error(_) => "error",
@@ -69,9 +86,30 @@ impl Event {
     /// The reasoning text this event adds, if it is a `reasoning` event.
     pub fn as_reasoning(&self) -> Option<&str> {
         match self {
-            Event::Reasoning { text } => Some(text),
+            Event::Reasoning { text, .. } => Some(text),
             _ => None,
         }
+    }
+
+    /// A reasoning event with text only.
+    pub fn reasoning(text: impl Into<String>) -> Event {
+        Event::Reasoning {
+            text: text.into(),
+            signature: None,
+            redacted: None,
+        }
+    }
+
+    /// Whether this event is model output (text, reasoning, a tool call or a refusal): what
+    /// makes a later error `partial` and stops retries.
+    pub fn is_output(&self) -> bool {
+        matches!(
+            self,
+            Event::Text { .. }
+                | Event::Reasoning { .. }
+                | Event::ToolCall(_)
+                | Event::Refusal { .. }
+        )
     }
 
     /// The exit code a runtime uses after this terminal event (`None` for non-terminal ones).
@@ -168,7 +206,25 @@ mod tests {
             Event::Text {
                 text: "héllo\n\u{2028}😀".into(),
             },
-            Event::Reasoning { text: "hm".into() },
+            Event::reasoning("hm"),
+            Event::Reasoning {
+                text: String::new(),
+                signature: Some("c2ln".into()),
+                redacted: None,
+            },
+            Event::Reasoning {
+                text: String::new(),
+                signature: None,
+                redacted: Some("b3BhcXVl".into()),
+            },
+            Event::ToolCall(ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            }),
+            Event::Refusal {
+                text: "I can't help with that.".into(),
+            },
             Event::Usage(Usage {
                 input_tokens: 12,
                 output_tokens: 40,
@@ -220,6 +276,40 @@ mod tests {
             serde_json::to_string(&end).unwrap(),
             r#"{"type":"end","finish_reason":"content_filter","duration_ms":5}"#
         );
+    }
+
+    #[test]
+    fn new_event_shapes_match_the_design() {
+        let call = Event::ToolCall(ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&call).unwrap(),
+            r#"{"type":"tool_call","id":"call_1","name":"get_weather","arguments":"{\"city\":\"Paris\"}"}"#
+        );
+        assert_eq!(call.type_name(), "tool_call");
+        assert!(call.is_output());
+        let sig = Event::Reasoning {
+            text: String::new(),
+            signature: Some("abc".into()),
+            redacted: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&sig).unwrap(),
+            r#"{"type":"reasoning","text":"","signature":"abc"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Event::reasoning("x")).unwrap(),
+            r#"{"type":"reasoning","text":"x"}"#
+        );
+        let refusal = Event::Refusal { text: "no".into() };
+        assert_eq!(
+            serde_json::to_string(&refusal).unwrap(),
+            r#"{"type":"refusal","text":"no"}"#
+        );
+        assert!(!Event::Ready.is_output());
     }
 
     #[test]

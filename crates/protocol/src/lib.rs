@@ -12,11 +12,21 @@
 pub mod defaults;
 mod error;
 mod event;
+mod generation;
 mod job;
+mod message;
 
 pub use error::{EXIT_SUCCESS, ErrorKind};
 pub use event::{ErrorEvent, Event, FinishReason, Usage};
+pub use generation::{
+    Effort, ProviderOptions, RUNTIME_OWNED_FIELDS, Reasoning, ResponseFormat, Tool, ToolChoice,
+    merge_json,
+};
 pub use job::{
-    ApiKey, Credentials, Job, JobError, MAX_MODEL_BYTES, Message, Provider, Role, Timeouts,
+    ApiKey, Credentials, Job, JobError, MAX_MODEL_BYTES, MAX_STOP_SEQUENCES, Provider, Timeouts,
     check_model_id,
+};
+pub use message::{
+    Content, Image, ImageSource, MAX_IMAGE_BYTES, Message, Part, ReasoningBlock, Role, ToolCall,
+    base64_decoded_len,
 };

@@ -132,14 +132,15 @@ pub fn uses_max_completion_tokens(model: &str) -> bool {
 /// `Role::System` turn, in order) and the user/assistant turns.
 struct Conversation<'a> {
     system: Option<String>,
-    turns: Vec<(Role, &'a str)>,
+    turns: Vec<(Role, String)>,
+    _job: std::marker::PhantomData<&'a Job>,
 }
 
 impl<'a> Conversation<'a> {
     fn from_job(job: &'a Job) -> Result<Self, BuildError> {
-        let mut system: Vec<&str> = Vec::new();
+        let mut system: Vec<String> = Vec::new();
         if let Some(s) = job.system.as_deref().filter(|s| !s.trim().is_empty()) {
-            system.push(s);
+            system.push(s.to_owned());
         }
         let mut turns = Vec::new();
         match (&job.messages, &job.prompt) {
@@ -147,22 +148,26 @@ impl<'a> Conversation<'a> {
                 for m in msgs {
                     match m.role {
                         Role::System => {
-                            if !m.content.trim().is_empty() {
-                                system.push(&m.content);
+                            if !m.content.is_blank() {
+                                system.push(m.content.joined_text());
                             }
                         }
-                        role => turns.push((role, m.content.as_str())),
+                        role => turns.push((role, m.content.joined_text())),
                     }
                 }
             }
-            (None, Some(p)) => turns.push((Role::User, p.as_str())),
+            (None, Some(p)) => turns.push((Role::User, p.clone())),
             (None, None) => {}
         }
         if turns.is_empty() {
             return Err(BuildError::EmptyConversation);
         }
         let system = (!system.is_empty()).then(|| system.join("\n\n"));
-        Ok(Conversation { system, turns })
+        Ok(Conversation {
+            system,
+            turns,
+            _job: std::marker::PhantomData,
+        })
     }
 }
 

@@ -130,9 +130,7 @@ impl Sink<'_> {
     pub(crate) fn reasoning(&mut self, text: &str) {
         if !text.is_empty() {
             *self.has_output = true;
-            self.out.push(Event::Reasoning {
-                text: text.to_owned(),
-            });
+            self.out.push(Event::reasoning(text));
         }
     }
 }

@@ -317,9 +317,7 @@ fn parts_thoughts_empty_text_and_order() {
     assert_eq!(
         o.events,
         vec![
-            Event::Reasoning {
-                text: "plan".into()
-            },
+            Event::reasoning("plan"),
             Event::Text {
                 text: "Answer ".into()
             },

@@ -265,13 +265,9 @@ fn refusal_is_text_and_reasoning_fields_are_reasoning() {
     assert_eq!(
         o.events,
         vec![
-            Event::Reasoning {
-                text: "think ".into()
-            },
-            Event::Reasoning {
-                text: "more".into()
-            },
-            Event::Reasoning { text: "!".into() },
+            Event::reasoning("think "),
+            Event::reasoning("more"),
+            Event::reasoning("!"),
             Event::Text {
                 text: "I can't".into()
             },

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use polydev_protocol::{ApiKey, Credentials, Job, JobError, Message, Provider, Timeouts};
+use polydev_protocol::{
+    ApiKey, Credentials, Job, JobError, Message, Provider, Reasoning, Timeouts, ToolChoice,
+};
 
 pub const PROVIDER: &str = "PROVIDER";
 pub const USER_ID: &str = "USER_ID";
@@ -32,6 +34,13 @@ pub const CONTROLLER_URL: &str = "CONTROLLER_URL";
 pub const RUNTIME_TOKEN: &str = "RUNTIME_TOKEN";
 pub const RUNTIME_TOKEN_FILE: &str = "RUNTIME_TOKEN_FILE";
 pub const MAX_RETRY_WAIT_MS: &str = "MAX_RETRY_WAIT_MS";
+pub const REASONING_EFFORT: &str = "REASONING_EFFORT";
+pub const REASONING_BUDGET_TOKENS: &str = "REASONING_BUDGET_TOKENS";
+pub const STOP: &str = "STOP";
+pub const RESPONSE_FORMAT: &str = "RESPONSE_FORMAT";
+pub const TOOLS: &str = "TOOLS";
+pub const TOOL_CHOICE: &str = "TOOL_CHOICE";
+pub const OPTIONS: &str = "OPTIONS";
 
 /// Timeout and retry defaults: the contract's (the controller bounds a runtime's silence by
 /// them too).
@@ -263,6 +272,20 @@ fn check_base_url(var: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A variable holding JSON; the error names the variable and what it should hold.
+fn parse_json_var<T: serde::de::DeserializeOwned>(
+    env: &dyn Env,
+    var: &str,
+    what: &str,
+) -> Result<Option<T>, ConfigError> {
+    match env.var(var) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str(&raw)
+            .map(Some)
+            .map_err(|e| config_err(format!("{var} is not {what}: {e}"))),
+    }
+}
+
 fn parse_num<T: std::str::FromStr>(env: &dyn Env, var: &str) -> Result<Option<T>, ConfigError> {
     match env.var(var) {
         None => Ok(None),
@@ -286,35 +309,52 @@ pub fn job_from_env(env: &dyn Env, warnings: &mut Vec<String>) -> Result<Job, Co
         })?
         .parse()?;
     let api_key = read_key(env, provider)?;
-    let messages = match env.var(MESSAGES) {
+    let mut job = Job::new(provider, Credentials { api_key });
+    job.execution_id = env.var(EXECUTION_ID);
+    job.user_id = env.var(USER_ID);
+    job.model = env.var(MODEL);
+    job.prompt = env.var(PROMPT);
+    job.messages = parse_json_var::<Vec<Message>>(env, MESSAGES, "a JSON array of turns")?;
+    job.system = env.var(SYSTEM);
+    job.max_tokens = parse_num(env, MAX_TOKENS)?;
+    job.temperature = match env.var(TEMPERATURE) {
         None => None,
-        Some(raw) => Some(serde_json::from_str::<Vec<Message>>(&raw).map_err(|e| {
-            config_err(format!(
-                "{MESSAGES} is not a JSON array of {{role, content}} turns: {e}"
-            ))
-        })?),
+        Some(t) => Some(
+            t.trim()
+                .parse::<f64>()
+                .map_err(|_| config_err(format!("{TEMPERATURE}={t:?} is not a number")))?,
+        ),
     };
-    let job = Job {
-        execution_id: env.var(EXECUTION_ID),
-        user_id: env.var(USER_ID),
-        provider,
-        model: env.var(MODEL),
-        prompt: env.var(PROMPT),
-        messages,
-        system: env.var(SYSTEM),
-        max_tokens: parse_num(env, MAX_TOKENS)?,
-        temperature: match env.var(TEMPERATURE) {
-            None => None,
-            Some(t) => Some(
-                t.trim()
-                    .parse::<f64>()
-                    .map_err(|_| config_err(format!("{TEMPERATURE}={t:?} is not a number")))?,
-            ),
-        },
-        credentials: Credentials { api_key },
-        base_url: None,
-        timeouts: Timeouts::default(),
+    let effort = match env.var(REASONING_EFFORT) {
+        None => None,
+        Some(e) => Some(
+            e.parse()
+                .map_err(|e: JobError| config_err(format!("{REASONING_EFFORT}: {e}")))?,
+        ),
     };
+    let budget_tokens = parse_num(env, REASONING_BUDGET_TOKENS)?;
+    if effort.is_some() || budget_tokens.is_some() {
+        job.reasoning = Some(Reasoning {
+            effort,
+            budget_tokens,
+        });
+    }
+    job.stop = parse_json_var(env, STOP, "a JSON array of strings")?;
+    job.response_format = parse_json_var(env, RESPONSE_FORMAT, "a JSON response format")?;
+    job.tools = parse_json_var(env, TOOLS, "a JSON array of tools")?;
+    job.tool_choice = match env.var(TOOL_CHOICE) {
+        None => None,
+        Some(raw) => {
+            // A bare word (`auto`) or JSON (`"auto"`, `{"name":"f"}`).
+            let v = serde_json::from_str(&raw)
+                .unwrap_or_else(|_| serde_json::Value::String(raw.trim().to_owned()));
+            Some(
+                ToolChoice::from_value(&v)
+                    .map_err(|e| config_err(format!("{TOOL_CHOICE}: {e}")))?,
+            )
+        }
+    };
+    job.options = parse_json_var(env, OPTIONS, "a JSON object keyed by provider")?;
     check_job(&job, warnings)?;
     Ok(job)
 }
@@ -507,6 +547,63 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.0.contains("MESSAGES"));
+    }
+
+    #[test]
+    fn capability_variables() {
+        let base = [
+            ("PROVIDER", "openai"),
+            ("OPENAI_API_KEY", FAKE),
+            ("PROMPT", "weather?"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            load(&v)
+        };
+        let (job, _) = with(&[
+            ("REASONING_EFFORT", "High"),
+            ("STOP", r#"["\n\nUser:"]"#),
+            ("RESPONSE_FORMAT", r#"{"type":"json_object"}"#),
+            (
+                "TOOLS",
+                r#"[{"name":"get_weather","parameters":{"type":"object"}}]"#,
+            ),
+            ("TOOL_CHOICE", "required"),
+            ("OPTIONS", r#"{"openai":{"service_tier":"flex"}}"#),
+        ])
+        .unwrap();
+        assert_eq!(
+            job.reasoning.unwrap().effort,
+            Some(polydev_protocol::Effort::High)
+        );
+        assert_eq!(job.stop.as_deref(), Some(&["\n\nUser:".to_owned()][..]));
+        assert_eq!(job.tools.as_ref().unwrap()[0].name, "get_weather");
+        assert_eq!(job.tool_choice, Some(ToolChoice::Required));
+        assert!(job.options.is_some());
+        let (job, _) = with(&[
+            ("REASONING_BUDGET_TOKENS", "2048"),
+            ("TOOLS", r#"[{"name":"f"}]"#),
+            ("TOOL_CHOICE", r#"{"name":"f"}"#),
+        ])
+        .unwrap();
+        assert_eq!(job.reasoning.unwrap().budget_tokens, Some(2048));
+        assert_eq!(job.tool_choice, Some(ToolChoice::Tool("f".into())));
+        for (var, value, want) in [
+            ("REASONING_EFFORT", "max", "REASONING_EFFORT"),
+            ("STOP", "\n", "STOP is not a JSON array of strings"),
+            ("TOOLS", r#"[{"name":"a b"}]"#, "must be 1 to 64"),
+            ("TOOL_CHOICE", "sometimes", "TOOL_CHOICE"),
+            (
+                "OPTIONS",
+                r#"{"openai":{"model":"x"}}"#,
+                "set by the runtime",
+            ),
+            ("RESPONSE_FORMAT", r#"{"type":"yaml"}"#, "RESPONSE_FORMAT"),
+        ] {
+            let e = with(&[(var, value)]).unwrap_err();
+            assert!(e.0.contains(want), "{var}: {e}");
+        }
     }
 
     #[test]

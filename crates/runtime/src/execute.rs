@@ -267,9 +267,7 @@ impl<W: std::io::Write> Run<'_, W> {
     /// Writes the events the parser produced; false if stdout is gone.
     fn emit_pending(&mut self) -> bool {
         for ev in &self.events {
-            if self.first_output.is_none()
-                && matches!(ev, Event::Text { .. } | Event::Reasoning { .. })
-            {
+            if self.first_output.is_none() && ev.is_output() {
                 self.first_output = Some(Instant::now());
             }
             if self.out.emit(ev).is_err() {

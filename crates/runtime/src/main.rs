@@ -41,10 +41,26 @@ JOB (environment):
     GOOGLE_API_KEY           credential for google (GEMINI_API_KEY is an alias)
     <any key var>_FILE       path to a file holding the key (keeps it out of the env)
     PROMPT                   the user prompt
-    MESSAGES                 instead of PROMPT: JSON array of {\"role\",\"content\"} turns
+    MESSAGES                 instead of PROMPT: JSON array of turns {\"role\",\"content\"};
+                             role user|assistant|system|tool; content a string or parts
+                             [{\"type\":\"text\",\"text\"}, {\"type\":\"image\",\"url\"} or
+                             {\"type\":\"image\",\"media_type\",\"data\":<base64>} (<= 20 MiB)];
+                             assistant turns may carry \"tool_calls\" [{id,name,arguments}]
+                             and \"reasoning\" [{text,signature|redacted}]; tool turns carry
+                             \"tool_call_id\" (and \"name\") with the result as content
     SYSTEM                   system prompt
     MODEL                    model id (default per provider: see --version)
     MAX_TOKENS, TEMPERATURE  generation parameters
+    REASONING_EFFORT         none | minimal | low | medium | high (budget providers: 0, 1024,
+                             4096, 12288, 32768 thinking tokens)
+    REASONING_BUDGET_TOKENS  thinking budget in tokens (effort providers: nearest level below)
+    STOP                     JSON array of stop sequences (at most 4), e.g. [\"\\n\\nUser:\"]
+    RESPONSE_FORMAT          JSON: {\"type\":\"json_object\"} or {\"type\":\"json_schema\",
+                             \"name\",\"schema\",\"strict\"}
+    TOOLS                    JSON array of {\"name\",\"description\",\"parameters\":<JSON Schema>}
+    TOOL_CHOICE              auto | none | required | {\"name\":\"<tool>\"}
+    OPTIONS                  JSON {\"openai\"|\"anthropic\"|\"google\": {fields}} deep-merged into
+                             that provider's request body (not model/messages/contents/stream)
     USER_ID                  who this runs for (echoed, never used for auth; default \"unknown\")
     EXECUTION_ID             id echoed in the start event (default: generated)
 
@@ -68,7 +84,8 @@ SETTINGS (environment, every mode):
     RUNTIME_TOKEN            pull mode: bearer token for the controller
     RUNTIME_TOKEN_FILE       pull mode: file holding the token, re-read on every request
 
-OUTPUT (ndjson): start, text/reasoning deltas, usage, then exactly one end or error event.
+OUTPUT (ndjson): start; text, reasoning (signature/redacted blocks with empty text),
+    tool_call {id,name,arguments} and refusal events; usage; then exactly one end or error.
 
 EXIT CODES:
     0 success   64 config   65 bad_request, not_found, blocked   70 internal

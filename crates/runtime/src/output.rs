@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn text_mode_prints_only_the_answer_and_ends_the_line() {
         let mut o = Output::new(OutputMode::Text, Vec::new());
-        o.emit(&Event::Reasoning { text: "hmm".into() }).unwrap();
+        o.emit(&Event::reasoning("hmm")).unwrap();
         o.emit(&Event::Text {
             text: "Hello".into(),
         })

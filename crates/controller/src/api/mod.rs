@@ -28,7 +28,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use polydev_protocol::{Credentials, Job, Message, Provider, Timeouts};
+use polydev_protocol::{
+    Credentials, Job, Message, Provider, ProviderOptions, Reasoning, ResponseFormat, Timeouts,
+    Tool, ToolChoice,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -460,7 +463,21 @@ struct PerspectivesRequest {
     temperature: Option<f64>,
     #[serde(default)]
     timeouts: Timeouts,
+    #[serde(flatten)]
+    capabilities: Capabilities,
     targets: Vec<Target>,
+}
+
+/// The DESIGN.md 4.5 fields, shared by all targets and overridable per target (a target's
+/// own value replaces the shared one, field by field).
+#[derive(Debug, Default, Deserialize)]
+struct Capabilities {
+    reasoning: Option<Reasoning>,
+    stop: Option<Vec<String>>,
+    response_format: Option<ResponseFormat>,
+    tools: Option<Vec<Tool>>,
+    tool_choice: Option<ToolChoice>,
+    options: Option<ProviderOptions>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -471,6 +488,8 @@ struct Target {
     base_url: Option<String>,
     max_tokens: Option<u32>,
     temperature: Option<f64>,
+    #[serde(flatten)]
+    capabilities: Capabilities,
 }
 
 async fn perspectives(
@@ -485,6 +504,7 @@ async fn perspectives(
             "targets must list 1 to {MAX_PERSPECTIVE_TARGETS} targets"
         )));
     }
+    let shared = &req.capabilities;
     let jobs: Vec<Job> = req
         .targets
         .into_iter()
@@ -501,6 +521,18 @@ async fn perspectives(
             credentials: t.credentials,
             base_url: t.base_url,
             timeouts: req.timeouts,
+            reasoning: t.capabilities.reasoning.or(shared.reasoning),
+            stop: t.capabilities.stop.or_else(|| shared.stop.clone()),
+            response_format: t
+                .capabilities
+                .response_format
+                .or_else(|| shared.response_format.clone()),
+            tools: t.capabilities.tools.or_else(|| shared.tools.clone()),
+            tool_choice: t
+                .capabilities
+                .tool_choice
+                .or_else(|| shared.tool_choice.clone()),
+            options: t.capabilities.options.or_else(|| shared.options.clone()),
         })
         .collect();
     // The stream is the default; a client that asks for JSON (and not SSE) gets the ids.

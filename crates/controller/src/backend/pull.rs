@@ -968,7 +968,7 @@ impl ReportSink {
             Ok(Event::Ready) => return Ok(()),
             Ok(event) => {
                 self.terminal_seen |= event.is_terminal();
-                self.output_seen |= matches!(event, Event::Text { .. } | Event::Reasoning { .. });
+                self.output_seen |= event.is_output();
                 InstanceOutput::Event(event)
             }
             // The driver masks the key in what it logs.
