@@ -2,8 +2,14 @@
 //!
 //! Wire facts it encodes (wire-formats.md §4, §10): events are routed by their `event:` name
 //! (falling back to the JSON `type`); `ping` and unknown events are skipped, as both SDKs do;
-//! `text_delta` is answer text, `thinking_delta` is reasoning, signatures / tool input /
-//! citations are not text; `event: error` after the 200 is a failure (`overloaded_error` is the
+//! `text_delta` is answer text, `thinking_delta` is reasoning; a thinking block's
+//! `signature_delta`s are emitted as one signed `reasoning` event at its `content_block_stop`,
+//! and a `redacted_thinking` block's `data` as a redacted one, both to be sent back verbatim; a
+//! `tool_use` block's `input_json_delta` fragments are concatenated and emitted as one
+//! `tool_call` at its `content_block_stop` (not JSON then = `protocol` error; a block cut off by
+//! the end of the message is an error too, never dropped); `stop_reason: refusal` ends
+//! `content_filter` and its `stop_details.explanation` becomes a `refusal` event; citations are
+//! not text; `event: error` after the 200 is a failure (`overloaded_error` is the
 //! in-stream 529); `message_delta.usage` is cumulative and overlays `message_start.usage` field by
 //! field, never summed; `message_stop` is the terminator. `data:` lines may carry trailing
 //! whitespace (JSON parsing accepts it).
@@ -28,10 +34,30 @@ const KNOWN: [&str; 7] = [
     "error",
 ];
 
+/// Largest tool input or signature one block may build up.
+const MAX_BLOCK_BYTES: usize = 16 * 1024 * 1024;
+const MAX_OPEN_BLOCKS: usize = 256;
+
 #[derive(Debug, Default)]
 pub(crate) struct Translator {
     stop_reason: Option<String>,
     usage: RawUsage,
+    /// Open `tool_use` / `thinking` blocks by content index.
+    blocks: Vec<(u64, Block)>,
+}
+
+#[derive(Debug)]
+enum Block {
+    ToolUse {
+        id: String,
+        name: String,
+        /// The `input` of `content_block_start` (used when no delta follows).
+        initial: String,
+        json: String,
+    },
+    Thinking {
+        signature: String,
+    },
 }
 
 /// Usage fields as Anthropic reports them, each overlaid independently.
@@ -117,22 +143,76 @@ impl Translator {
                 }
             }
             "content_block_start" => {
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let block = v.get("content_block");
                 let field = |f| block.and_then(|b| b.get(f)).and_then(Value::as_str);
                 match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
                     Some("text") => sink.text(field("text").unwrap_or("")),
-                    Some("thinking") => sink.reasoning(field("thinking").unwrap_or("")),
+                    Some("thinking") => {
+                        sink.reasoning(field("thinking").unwrap_or(""));
+                        let signature = field("signature").unwrap_or("").to_owned();
+                        self.open(index, Block::Thinking { signature })?;
+                    }
+                    Some("redacted_thinking") => sink.redacted(field("data").unwrap_or("")),
+                    Some("tool_use") => {
+                        let initial = block
+                            .and_then(|b| b.get("input"))
+                            .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                            .map(Value::to_string)
+                            .unwrap_or_default();
+                        self.open(
+                            index,
+                            Block::ToolUse {
+                                id: field("id").unwrap_or("").to_owned(),
+                                name: field("name").unwrap_or("").to_owned(),
+                                initial,
+                                json: String::new(),
+                            },
+                        )?;
+                    }
                     _ => {}
                 }
             }
             "content_block_delta" => {
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let delta = v.get("delta");
                 let field = |f| delta.and_then(|d| d.get(f)).and_then(Value::as_str);
                 match field("type") {
                     Some("text_delta") => sink.text(field("text").unwrap_or("")),
                     Some("thinking_delta") => sink.reasoning(field("thinking").unwrap_or("")),
-                    // signature_delta, input_json_delta, citations_delta, future types.
+                    Some("signature_delta") => {
+                        if let Some(Block::Thinking { signature }) = self.block(index) {
+                            append_bounded(signature, field("signature").unwrap_or(""))?;
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        if let Some(Block::ToolUse { json, .. }) = self.block(index) {
+                            append_bounded(json, field("partial_json").unwrap_or(""))?;
+                        }
+                    }
+                    // citations_delta, future types.
                     _ => {}
+                }
+            }
+            "content_block_stop" => {
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(pos) = self.blocks.iter().position(|(i, _)| *i == index) {
+                    match self.blocks.remove(pos).1 {
+                        Block::Thinking { signature } => sink.signature(&signature),
+                        Block::ToolUse {
+                            id,
+                            name,
+                            initial,
+                            json,
+                        } => {
+                            let arguments = if json.trim().is_empty() {
+                                initial
+                            } else {
+                                json
+                            };
+                            sink.tool_call(NAME, id, name, arguments)?;
+                        }
+                    }
                 }
             }
             "message_delta" => {
@@ -142,19 +222,41 @@ impl Translator {
                     .and_then(Value::as_str)
                 {
                     self.stop_reason = Some(r.to_owned());
+                    if r == "refusal"
+                        && let Some(why) = v
+                            .get("delta")
+                            .and_then(|d| d.get("stop_details"))
+                            .and_then(|d| d.get("explanation"))
+                            .and_then(Value::as_str)
+                    {
+                        sink.refusal(why);
+                    }
                 }
                 if let Some(u) = v.get("usage") {
                     self.usage.overlay(u);
                 }
             }
-            "message_stop" => return Ok(Some(self.finish())),
+            "message_stop" => {
+                if let Some((_, Block::ToolUse { id, name, .. })) = self
+                    .blocks
+                    .iter()
+                    .find(|(_, b)| matches!(b, Block::ToolUse { .. }))
+                {
+                    return Err(StreamError::protocol(format!(
+                        "the Anthropic message ended (stop_reason {}) inside tool call {name} ({id}): \
+                         its arguments are incomplete",
+                        self.stop_reason.as_deref().unwrap_or("none")
+                    )));
+                }
+                return Ok(Some(self.finish()));
+            }
             "error" => {
                 return Err(stream_error(
                     &ErrorDetails::from_value(v),
                     "the Anthropic stream reported an error",
                 ));
             }
-            // content_block_stop, ping (without an event name) and unknown types.
+            // ping (without an event name) and unknown types.
             _ => {}
         }
         Ok(None)
@@ -184,10 +286,38 @@ impl Translator {
         self.usage.to_usage()
     }
 
+    fn open(&mut self, index: u64, block: Block) -> Result<(), StreamError> {
+        self.blocks.retain(|(i, _)| *i != index);
+        if self.blocks.len() >= MAX_OPEN_BLOCKS {
+            return Err(StreamError::protocol(format!(
+                "the Anthropic stream opened more than {MAX_OPEN_BLOCKS} blocks without closing them"
+            )));
+        }
+        self.blocks.push((index, block));
+        Ok(())
+    }
+
+    fn block(&mut self, index: u64) -> Option<&mut Block> {
+        self.blocks
+            .iter_mut()
+            .find(|(i, _)| *i == index)
+            .map(|(_, b)| b)
+    }
+
     fn finish(&self) -> Finish {
         let raw = self.stop_reason.as_deref();
         Finish::new(raw.map_or(FinishReason::Other, map_stop_reason), raw)
     }
+}
+
+fn append_bounded(buf: &mut String, more: &str) -> Result<(), StreamError> {
+    if buf.len().saturating_add(more.len()) > MAX_BLOCK_BYTES {
+        return Err(StreamError::protocol(format!(
+            "an Anthropic content block exceeds {MAX_BLOCK_BYTES} bytes"
+        )));
+    }
+    buf.push_str(more);
+    Ok(())
 }
 
 fn map_stop_reason(raw: &str) -> FinishReason {

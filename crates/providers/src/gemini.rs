@@ -5,8 +5,11 @@
 //! because an error can still follow, either as `data: {"error":…}` or as a bare,
 //! pretty-printed JSON object with no `data:` prefix (reassembled here from the decoder's
 //! "other lines" until its braces balance, bounded by the event-size limit). Text parts are
-//! deltas; `thought: true` parts are reasoning; parts with empty text are kept (they may carry a
-//! `thoughtSignature`) and simply produce no event. `usageMetadata` is a running snapshot on
+//! deltas; `thought: true` parts are reasoning; a part's `thoughtSignature` (on a
+//! `functionCall`, or on a trailing part with empty text) becomes a signed `reasoning` event just
+//! before the part's own content, so parts with empty text are never dropped. `functionCall`
+//! parts arrive whole (several per chunk possible) and become `tool_call` events at once, with
+//! `args` serialized compactly and Gemini's `id` when it gives one, else `call_<n>`. `usageMetadata` is a running snapshot on
 //! every chunk: the last one wins. A chunk with `promptFeedback.blockReason` and no candidates
 //! is a blocked prompt. At end of body an unterminated but complete JSON event is still used
 //! (python-genai's lenient rule).
@@ -24,8 +27,8 @@ const NAME: &str = "Gemini";
 pub(crate) struct Translator {
     /// The last `finishReason` seen on the first candidate.
     finish: Option<String>,
-    /// A `functionCall` part was seen (a `STOP` then means the model called a tool).
-    function_call: bool,
+    /// `functionCall` parts seen (a `STOP` then means the model called a tool).
+    function_calls: usize,
     /// `promptFeedback.blockReason` (with its message) seen on a chunk that had candidates.
     blocked: Option<String>,
     usage: Option<Usage>,
@@ -36,7 +39,7 @@ impl Translator {
     pub(crate) fn new(max_bare_bytes: usize) -> Self {
         Translator {
             finish: None,
-            function_call: false,
+            function_calls: 0,
             blocked: None,
             usage: None,
             bare: BareJson::new(max_bare_bytes),
@@ -106,7 +109,7 @@ impl Translator {
         }
         if let Some(raw) = self.finish.as_deref() {
             let mut reason = map_finish_reason(raw);
-            if reason == FinishReason::Stop && self.function_call {
+            if reason == FinishReason::Stop && self.function_calls > 0 {
                 reason = FinishReason::ToolCalls;
             }
             return Ok(Finish::new(reason, Some(raw)));
@@ -156,8 +159,23 @@ impl Translator {
                 .and_then(|c| c.get("parts"))
                 .and_then(Value::as_array);
             for part in parts.into_iter().flatten() {
-                if part.get("functionCall").is_some() {
-                    self.function_call = true;
+                if let Some(sig) = part.get("thoughtSignature").and_then(Value::as_str) {
+                    sink.signature(sig);
+                }
+                if let Some(call) = part.get("functionCall") {
+                    self.function_calls += 1;
+                    let id = call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map_or_else(|| format!("call_{}", self.function_calls), str::to_owned);
+                    let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+                    let arguments = match call.get("args") {
+                        None | Some(Value::Null) => "{}".to_owned(),
+                        Some(args) => args.to_string(),
+                    };
+                    sink.tool_call(NAME, id, name.to_owned(), arguments)?;
+                    continue;
                 }
                 let Some(text) = part.get("text").and_then(Value::as_str) else {
                     continue;

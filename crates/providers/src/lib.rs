@@ -13,7 +13,8 @@
 //! size is a headline figure.
 //!
 //! * [`build_request`] — the streaming HTTP request for a job ([`request`]).
-//! * [`StreamParser`] — body chunks in, `text` / `reasoning` events, usage and a [`Finish`] out
+//! * [`StreamParser`] — body chunks in, `text` / `reasoning` / `tool_call` / `refusal` events,
+//!   usage and a [`Finish`] out
 //!   ([`stream`], with one translator per provider in `openai`, `anthropic`, `gemini`).
 //! * [`map_http_error`] — a non-2xx response to an [`ErrorEvent`](polydev_protocol::ErrorEvent)
 //!   with the right kind, retry verdict and retry hint ([`http_error`]).
@@ -23,6 +24,7 @@
 //! See `README.md` beside this crate for the default-model table and the reasons behind it.
 
 mod anthropic;
+mod body;
 mod classify;
 mod gemini;
 pub mod http_error;

@@ -2,25 +2,51 @@
 //!
 //! Wire facts it encodes (wire-formats.md §2, §10): no `event:` lines; `data: [DONE]` ends the
 //! stream and is not JSON, so it is checked first; the usage chunk has `choices: []`; a payload
-//! with a truthy `error` key is an error even though the status was 200; `delta.refusal` is the
-//! answer of a refusing model; OpenAI-compatible servers put reasoning in
-//! `delta.reasoning_content` or `delta.reasoning`; unknown fields (`obfuscation`, `moderation`,
-//! `service_tier`) are ignored.
+//! with a truthy `error` key is an error even though the status was 200; `delta.refusal` is a
+//! refusal (its stream still ends `stop`, which we report as `content_filter`); OpenAI-compatible
+//! servers put reasoning in `delta.reasoning_content` or `delta.reasoning`; unknown fields
+//! (`obfuscation`, `moderation`, `service_tier`) are ignored.
+//!
+//! Tool calls arrive as `delta.tool_calls[]` fragments keyed by `index` (several calls may
+//! interleave); only a call's first fragment has its `id` and name, and its `arguments` are
+//! split anywhere. A call is emitted as soon as its arguments close their outermost JSON object
+//! and every earlier call has been emitted, so events keep the model's order; whatever is still
+//! open at `finish_reason` is emitted then, and arguments that are not JSON are a `protocol`
+//! error.
 
 use polydev_protocol::{FinishReason, Usage};
 use polydev_sse::Event as SseEvent;
 use serde_json::Value;
 
 use crate::http_error::{ErrorDetails, stream_error};
-use crate::stream::{Finish, Sink, StreamError, non_json_error, parse_json, truthy};
+use crate::stream::{Finish, JsonEnd, Sink, StreamError, non_json_error, parse_json, truthy};
 
 const NAME: &str = "OpenAI";
+
+/// Most parallel tool calls, and most argument bytes over all of them, one stream may build
+/// up (a hostile upstream gets a typed error, not our memory).
+const MAX_TOOL_CALLS: usize = 128;
+const MAX_TOOL_ARGUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 pub(crate) struct Translator {
     /// The last `finish_reason` seen for choice 0.
     finish: Option<String>,
     usage: Option<Usage>,
+    /// A `refusal` delta was seen: the stream ends `content_filter`.
+    refused: bool,
+    /// Tool calls by `index`, and how many from the front have been emitted.
+    calls: Vec<PendingCall>,
+    emitted: usize,
+    argument_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct PendingCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+    end: JsonEnd,
 }
 
 impl Translator {
@@ -31,6 +57,7 @@ impl Translator {
     ) -> Result<Option<Finish>, StreamError> {
         let data = ev.data.trim();
         if data.starts_with("[DONE]") {
+            self.emit_ready_calls(sink, true)?;
             return Ok(Some(self.finish()));
         }
         if data.is_empty() {
@@ -94,16 +121,100 @@ impl Translator {
                         sink.text(t);
                     }
                     if let Some(t) = delta.get("refusal").and_then(Value::as_str) {
-                        sink.text(t);
+                        self.refused |= !t.is_empty();
+                        sink.refusal(t);
+                    }
+                    if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                        for call in calls {
+                            self.on_tool_call_delta(call)?;
+                        }
+                        self.emit_ready_calls(sink, false)?;
                     }
                 }
                 if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                     self.finish = Some(reason.to_owned());
+                    self.emit_ready_calls(sink, true)?;
                 }
             }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(convert_usage(u));
+        }
+        Ok(())
+    }
+
+    fn on_tool_call_delta(&mut self, call: &Value) -> Result<(), StreamError> {
+        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let index = usize::try_from(index)
+            .ok()
+            .filter(|i| *i < MAX_TOOL_CALLS)
+            .ok_or_else(|| {
+                StreamError::protocol(format!(
+                    "the {NAME} stream has a tool call index above {MAX_TOOL_CALLS}"
+                ))
+            })?;
+        if index < self.emitted {
+            let more = call
+                .get("function")
+                .and_then(|f| f.get("arguments"))
+                .and_then(Value::as_str)
+                .is_some_and(|a| !a.trim().is_empty());
+            if more {
+                return Err(StreamError::protocol(format!(
+                    "the {NAME} stream continued tool call {index} after its arguments were complete"
+                )));
+            }
+            return Ok(());
+        }
+        if self.calls.len() <= index {
+            self.calls.resize_with(index + 1, PendingCall::default);
+        }
+        let pending = &mut self.calls[index];
+        if let Some(id) = call
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            pending.id = Some(id.to_owned());
+        }
+        let function = call.get("function");
+        if let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) {
+            pending.name.push_str(name);
+        }
+        if let Some(args) = function
+            .and_then(|f| f.get("arguments"))
+            .and_then(Value::as_str)
+        {
+            self.argument_bytes = self.argument_bytes.saturating_add(args.len());
+            if self.argument_bytes > MAX_TOOL_ARGUMENT_BYTES {
+                return Err(StreamError::protocol(format!(
+                    "the {NAME} stream's tool-call arguments exceed {MAX_TOOL_ARGUMENT_BYTES} bytes"
+                )));
+            }
+            if pending.end.is_done() && !args.trim().is_empty() {
+                return Err(StreamError::protocol(format!(
+                    "the {NAME} stream continued tool call {index} after its arguments were complete"
+                )));
+            }
+            pending.arguments.push_str(args);
+            pending.end.push(args);
+        }
+        Ok(())
+    }
+
+    /// Emits, in index order, every call whose arguments are complete (all of them at the
+    /// end of the choice).
+    fn emit_ready_calls(&mut self, sink: &mut Sink<'_>, all: bool) -> Result<(), StreamError> {
+        while let Some(call) = self.calls.get_mut(self.emitted) {
+            if !(all || call.end.is_done()) {
+                break;
+            }
+            let index = self.emitted;
+            let id = call.id.take().unwrap_or_else(|| format!("call_{index}"));
+            let name = std::mem::take(&mut call.name);
+            let arguments = std::mem::take(&mut call.arguments);
+            self.emitted += 1;
+            sink.tool_call(NAME, id, name, arguments)?;
         }
         Ok(())
     }
@@ -117,6 +228,7 @@ impl Translator {
     ) -> Result<Finish, StreamError> {
         if let Some(data) = pending.map(str::trim).filter(|d| !d.is_empty()) {
             if data.starts_with("[DONE]") {
+                self.emit_ready_calls(sink, true)?;
                 return Ok(self.finish());
             }
             if let Ok(v) = serde_json::from_str::<Value>(data) {
@@ -134,7 +246,12 @@ impl Translator {
 
     fn finish(&self) -> Finish {
         let raw = self.finish.as_deref();
-        Finish::new(raw.map_or(FinishReason::Other, map_finish_reason), raw)
+        let mut reason = raw.map_or(FinishReason::Other, map_finish_reason);
+        // A refusal still ends `stop` on the wire (wire-formats.md §2.4).
+        if self.refused && reason == FinishReason::Stop {
+            reason = FinishReason::ContentFilter;
+        }
+        Finish::new(reason, raw)
     }
 }
 

@@ -12,10 +12,9 @@
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, Uri};
-use polydev_protocol::{ApiKey, Job, Provider, Role};
-use serde_json::{Map, Value, json};
+use polydev_protocol::{ApiKey, Job, Message, Provider, Role};
 
-use crate::DEFAULT_ANTHROPIC_MAX_TOKENS;
+use crate::body::{self, Conversation};
 
 /// The Anthropic API version every request pins (the SDKs still send this one).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -44,7 +43,11 @@ pub enum BuildError {
 /// segment (`/v1beta`, `/v1`) gets no second one.
 pub fn build_request(job: &Job, model: &str, base_url: &str) -> Result<Request<Bytes>, BuildError> {
     let base = normalize_base(base_url)?;
-    let conv = Conversation::from_job(job)?;
+    let prompt: Vec<Message> = match (&job.messages, &job.prompt) {
+        (None, Some(p)) => vec![Message::text(Role::User, p.clone())],
+        _ => Vec::new(),
+    };
+    let conv = Conversation::from_job(job, &prompt)?;
     if let Some(t) = job.temperature
         && !t.is_finite()
     {
@@ -58,12 +61,12 @@ pub fn build_request(job: &Job, model: &str, base_url: &str) -> Result<Request<B
     let (url, body, auth) = match job.provider {
         Provider::OpenAi => (
             format!("{base}/chat/completions"),
-            openai_body(job, model, &conv),
+            body::build(job, model, &conv)?,
             auth_header(AUTHORIZATION, "Bearer ", key)?,
         ),
         Provider::Anthropic => (
             format!("{}/messages", with_version(base, "v1")),
-            anthropic_body(job, model, &conv),
+            body::build(job, model, &conv)?,
             auth_header(HeaderName::from_static("x-api-key"), "", key)?,
         ),
         Provider::Google => {
@@ -75,7 +78,7 @@ pub fn build_request(job: &Job, model: &str, base_url: &str) -> Result<Request<B
                     with_version(base, "v1beta"),
                     encode_path_segment(model)
                 ),
-                gemini_body(job, model, &conv),
+                body::build(job, model, &conv)?,
                 auth_header(HeaderName::from_static("x-goog-api-key"), "", key)?,
             )
         }
@@ -128,153 +131,9 @@ pub fn uses_max_completion_tokens(model: &str) -> bool {
     false
 }
 
-/// The conversation in provider-neutral form: one system prompt (the job's `system` plus every
-/// `Role::System` turn, in order) and the user/assistant turns.
-struct Conversation<'a> {
-    system: Option<String>,
-    turns: Vec<(Role, String)>,
-    _job: std::marker::PhantomData<&'a Job>,
-}
-
-impl<'a> Conversation<'a> {
-    fn from_job(job: &'a Job) -> Result<Self, BuildError> {
-        let mut system: Vec<String> = Vec::new();
-        if let Some(s) = job.system.as_deref().filter(|s| !s.trim().is_empty()) {
-            system.push(s.to_owned());
-        }
-        let mut turns = Vec::new();
-        match (&job.messages, &job.prompt) {
-            (Some(msgs), _) => {
-                for m in msgs {
-                    match m.role {
-                        Role::System => {
-                            if !m.content.is_blank() {
-                                system.push(m.content.joined_text());
-                            }
-                        }
-                        role => turns.push((role, m.content.joined_text())),
-                    }
-                }
-            }
-            (None, Some(p)) => turns.push((Role::User, p.clone())),
-            (None, None) => {}
-        }
-        if turns.is_empty() {
-            return Err(BuildError::EmptyConversation);
-        }
-        let system = (!system.is_empty()).then(|| system.join("\n\n"));
-        Ok(Conversation {
-            system,
-            turns,
-            _job: std::marker::PhantomData,
-        })
-    }
-}
-
-fn openai_body(job: &Job, model: &str, conv: &Conversation<'_>) -> Value {
-    let mut messages = Vec::with_capacity(conv.turns.len() + 1);
-    if let Some(s) = &conv.system {
-        messages.push(json!({"role": "system", "content": s}));
-    }
-    for (role, content) in &conv.turns {
-        let role = if *role == Role::Assistant {
-            "assistant"
-        } else {
-            "user"
-        };
-        messages.push(json!({"role": role, "content": content}));
-    }
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert("messages".into(), Value::Array(messages));
-    body.insert("stream".into(), json!(true));
-    body.insert(
-        "stream_options".into(),
-        json!({"include_usage": true, "include_obfuscation": false}),
-    );
-    if let Some(n) = job.max_tokens {
-        let field = if uses_max_completion_tokens(model) {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        };
-        body.insert(field.into(), json!(n));
-    }
-    if let Some(t) = job.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    Value::Object(body)
-}
-
-fn anthropic_body(job: &Job, model: &str, conv: &Conversation<'_>) -> Value {
-    let messages: Vec<Value> = conv
-        .turns
-        .iter()
-        .map(|(role, content)| {
-            let role = if *role == Role::Assistant {
-                "assistant"
-            } else {
-                "user"
-            };
-            json!({"role": role, "content": content})
-        })
-        .collect();
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert(
-        "max_tokens".into(),
-        json!(job.max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS)),
-    );
-    if let Some(s) = &conv.system {
-        body.insert("system".into(), json!(s));
-    }
-    body.insert("messages".into(), Value::Array(messages));
-    body.insert("stream".into(), json!(true));
-    if let Some(t) = job.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    Value::Object(body)
-}
-
-fn gemini_body(job: &Job, model: &str, conv: &Conversation<'_>) -> Value {
-    let contents: Vec<Value> = conv
-        .turns
-        .iter()
-        .map(|(role, content)| {
-            let role = if *role == Role::Assistant {
-                "model"
-            } else {
-                "user"
-            };
-            json!({"role": role, "parts": [{"text": content}]})
-        })
-        .collect();
-    let mut body = Map::new();
-    body.insert("contents".into(), Value::Array(contents));
-    if let Some(s) = &conv.system {
-        body.insert("systemInstruction".into(), json!({"parts": [{"text": s}]}));
-    }
-    let mut config = Map::new();
-    if let Some(n) = job.max_tokens {
-        config.insert("maxOutputTokens".into(), json!(n));
-    }
-    if let Some(t) = job.temperature {
-        config.insert("temperature".into(), json!(t));
-    }
-    if gemini_can_think(model) {
-        // Thought summaries cost nothing extra and become `reasoning` events; without this
-        // flag Gemini thinks silently.
-        config.insert("thinkingConfig".into(), json!({"includeThoughts": true}));
-    }
-    if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
-    }
-    Value::Object(body)
-}
-
 /// Gemini 1.x and 2.0 models have no thinking and reject `thinkingConfig`; every later model
 /// (2.5, 3.x) and any model id we do not recognise as old gets thought summaries.
-fn gemini_can_think(model: &str) -> bool {
+pub(crate) fn gemini_can_think(model: &str) -> bool {
     let m = model.trim_start_matches("models/");
     !(m.starts_with("gemini-1") || m.starts_with("gemini-2.0") || m.starts_with("gemini-pro"))
 }

@@ -7,7 +7,9 @@
 //! `protocol` error, and end-of-body without the provider's terminator is an error rather than a
 //! silent success (DESIGN.md 4.3). It never panics on any input.
 
-use polydev_protocol::{ApiKey, ErrorEvent, ErrorKind, Event, FinishReason, Provider, Usage};
+use polydev_protocol::{
+    ApiKey, ErrorEvent, ErrorKind, Event, FinishReason, Provider, ToolCall, Usage,
+};
 use polydev_sse::{Decoder, Item, Limits, SseError};
 
 use crate::{anthropic, gemini, openai};
@@ -133,6 +135,122 @@ impl Sink<'_> {
             self.out.push(Event::reasoning(text));
         }
     }
+
+    /// An opaque reasoning signature the client must send back (empty ones are dropped).
+    pub(crate) fn signature(&mut self, signature: &str) {
+        if !signature.is_empty() {
+            *self.has_output = true;
+            self.out.push(Event::Reasoning {
+                text: String::new(),
+                signature: Some(signature.to_owned()),
+                redacted: None,
+            });
+        }
+    }
+
+    /// A redacted reasoning block, to be sent back verbatim.
+    pub(crate) fn redacted(&mut self, data: &str) {
+        *self.has_output = true;
+        self.out.push(Event::Reasoning {
+            text: String::new(),
+            signature: None,
+            redacted: Some(data.to_owned()),
+        });
+    }
+
+    pub(crate) fn refusal(&mut self, text: &str) {
+        if !text.is_empty() {
+            *self.has_output = true;
+            self.out.push(Event::Refusal {
+                text: text.to_owned(),
+            });
+        }
+    }
+
+    /// A complete tool call. Its arguments must be JSON text (DESIGN.md 4.5): anything else
+    /// is a `protocol` error, never passed on.
+    pub(crate) fn tool_call(
+        &mut self,
+        provider: &str,
+        id: String,
+        name: String,
+        arguments: String,
+    ) -> Result<(), StreamError> {
+        if name.is_empty() {
+            return Err(StreamError::protocol(format!(
+                "the {provider} stream sent a tool call ({id}) without a name"
+            )));
+        }
+        let arguments = if arguments.trim().is_empty() {
+            "{}".to_owned()
+        } else {
+            arguments
+        };
+        if serde_json::from_str::<serde::de::IgnoredAny>(&arguments).is_err() {
+            return Err(StreamError::protocol(format!(
+                "the {provider} stream's tool call {name} ({id}) has arguments that are not valid JSON (starts {:?})",
+                preview(&arguments)
+            )));
+        }
+        *self.has_output = true;
+        self.out.push(Event::ToolCall(ToolCall {
+            id,
+            name,
+            arguments,
+        }));
+        Ok(())
+    }
+}
+
+/// Finds where a JSON value that arrives in fragments ends, without re-parsing it: tracks
+/// bracket depth outside strings (escapes included). Used for OpenAI's tool-call arguments,
+/// which have no end marker of their own.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct JsonEnd {
+    depth: usize,
+    started: bool,
+    in_string: bool,
+    escaped: bool,
+    done: bool,
+}
+
+impl JsonEnd {
+    /// Feeds a fragment; true once the outermost object or array has closed.
+    pub(crate) fn push(&mut self, fragment: &str) -> bool {
+        for c in fragment.chars() {
+            if self.done {
+                break;
+            }
+            if self.in_string {
+                match (self.escaped, c) {
+                    (true, _) => self.escaped = false,
+                    (false, '\\') => self.escaped = true,
+                    (false, '"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => self.in_string = true,
+                '{' | '[' => {
+                    self.depth += 1;
+                    self.started = true;
+                }
+                '}' | ']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.started && self.depth == 0 {
+                        self.done = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.done
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
 }
 
 enum Translator {
@@ -227,8 +345,8 @@ impl StreamParser {
         self.provider
     }
 
-    /// Feeds one body chunk; appends `Text` / `Reasoning` events (never start, end, error or
-    /// usage) to `out`, in order.
+    /// Feeds one body chunk; appends `Text` / `Reasoning` / `ToolCall` / `Refusal` events
+    /// (never start, end, error or usage) to `out`, in order.
     ///
     /// Returns `Ok(Some(finish))` once the provider's terminator has been seen (`[DONE]` for
     /// OpenAI, `message_stop` for Anthropic). Gemini has no end marker and never finishes here:
@@ -300,7 +418,7 @@ impl StreamParser {
         self.translator.usage()
     }
 
-    /// Whether any `Text` / `Reasoning` was produced.
+    /// Whether any output event (text, reasoning, tool call, refusal) was produced.
     pub fn has_output(&self) -> bool {
         self.has_output
     }

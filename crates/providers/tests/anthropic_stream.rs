@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use polydev_protocol::{ErrorKind, Event, FinishReason, Provider, Usage};
+use polydev_protocol::{ErrorKind, Event, FinishReason, Provider, ToolCall, Usage};
 
 const P: Provider = Provider::Anthropic;
 
@@ -62,8 +62,16 @@ fn recorded_basic_response() {
 fn recorded_tool_use_part() {
     for bytes in all_endings(&fixture("anthropic_tool_use.sse")) {
         let o = run(P, &bytes);
-        // input_json_delta is not text.
-        assert!(o.events.is_empty(), "{:?}", o.events);
+        // input_json_delta fragments (the first one empty) become one tool call, verbatim.
+        assert_eq!(
+            o.events,
+            vec![Event::ToolCall(ToolCall {
+                id: "toolu_01NRLabsLyVHZPKxbKvkfSMn".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"location": "Paris"}"#.into(),
+            })]
+        );
+        assert_eq!(bytewise(P, &bytes), o);
         assert_eq!(o.finish().finish_reason, FinishReason::ToolCalls);
         assert_eq!(o.finish().raw_finish_reason.as_deref(), Some("tool_use"));
         assert_eq!(o.usage, Some(usage(0, 65)));
@@ -230,11 +238,24 @@ fn signature_input_json_and_citations_are_not_text() {
     ]
     .concat();
     let o = run(P, bytes.as_bytes());
-    assert!(o.events.is_empty(), "{:?}", o.events);
-    assert!(!o.has_output);
-    // message_stop without any message_delta: no stop_reason.
-    assert_eq!(o.finish().finish_reason, FinishReason::Other);
-    assert_eq!(o.finish().raw_finish_reason, None);
+    // The redacted block comes back verbatim; a signature or input fragment for a block that
+    // was never opened as thinking / tool_use is not text and not a call; citations are skipped.
+    assert_eq!(
+        o.events,
+        vec![Event::Reasoning {
+            text: String::new(),
+            signature: None,
+            redacted: Some("opaque".into()),
+        }]
+    );
+    // The tool_use block opened at index 3 never stopped: its arguments are incomplete, which
+    // is an error naming the call, never a silent drop.
+    assert_eq!(o.error().kind, ErrorKind::Protocol);
+    assert!(
+        o.error().message.contains("inside tool call n (t)"),
+        "{}",
+        o.error().message
+    );
 }
 
 #[test]

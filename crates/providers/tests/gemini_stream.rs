@@ -63,12 +63,28 @@ fn recorded_thoughts_function_call_and_empty_final_part() {
     // Google's framing is CRLF.
     let bytes = crlf(&fixture("gemini_tools_thought.sse"));
     let o = run(P, &bytes);
-    assert_eq!(o.events.len(), 1, "{:?}", o.events);
+    // Thought summary, then the call's signature just before the call itself (so a client
+    // returns it with the call), then the call with compact arguments and a synthesized id.
+    assert_eq!(o.events.len(), 3, "{:?}", o.events);
     assert!(
         o.reasoning()
             .starts_with("**Checking the Weather Data**\n\nI'm currently")
     );
-    // The thoughtSignature and the function call are not text; the empty text part is no event.
+    assert!(matches!(
+        &o.events[1],
+        Event::Reasoning { text, signature: Some(sig), redacted: None }
+            if text.is_empty() && sig.starts_with("Eq0ECqoEAdHtim8E9iAxfKwT6Qsj") && sig.ends_with("xIxU=")
+    ));
+    assert_eq!(
+        o.events[2],
+        Event::ToolCall(polydev_protocol::ToolCall {
+            id: "call_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city":"San Francisco"}"#.into(),
+        })
+    );
+    assert_eq!(bytewise(P, &bytes), o);
+    // The empty text part is no event.
     assert_eq!(o.text(), "");
     assert!(o.has_output);
     // STOP after a functionCall: the model called a tool.
@@ -320,6 +336,12 @@ fn parts_thoughts_empty_text_and_order() {
             Event::reasoning("plan"),
             Event::Text {
                 text: "Answer ".into()
+            },
+            // The signature on an empty text part is kept, in place.
+            Event::Reasoning {
+                text: String::new(),
+                signature: Some("c2ln".into()),
+                redacted: None,
             },
             Event::Text {
                 text: "here".into()

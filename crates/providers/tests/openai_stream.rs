@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use polydev_protocol::{ErrorKind, Event, FinishReason, Provider, Usage};
+use polydev_protocol::{ErrorKind, Event, FinishReason, Provider, ToolCall, Usage};
 use polydev_providers::StreamParser;
 use polydev_sse::Limits;
 
@@ -32,9 +32,17 @@ fn recorded_tool_call_stream() {
         assert!(o.ended_in_feed, "[DONE] ends the stream in feed()");
         assert_eq!(o.finish().finish_reason, FinishReason::ToolCalls);
         assert_eq!(o.finish().raw_finish_reason.as_deref(), Some("tool_calls"));
-        // Tool-call argument fragments are not answer text.
-        assert!(o.events.is_empty(), "{:?}", o.events);
-        assert!(!o.has_output);
+        // Argument fragments (the first one empty) become one call with the first delta's id.
+        assert_eq!(
+            o.events,
+            vec![Event::ToolCall(ToolCall {
+                id: "call_4XzlGBLtUe9dy3GVNV4jhq7h".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Edinburgh"}"#.into(),
+            })]
+        );
+        assert!(o.has_output);
+        assert_eq!(bytewise(P, &bytes), o);
         assert_eq!(
             o.usage,
             Some(Usage {
@@ -244,7 +252,7 @@ fn event_error_from_a_compatible_server() {
 }
 
 #[test]
-fn refusal_is_text_and_reasoning_fields_are_reasoning() {
+fn refusal_deltas_are_refusals_and_reasoning_fields_are_reasoning() {
     let bytes = stream(&[
         chunk(
             r#"{"role":"assistant","content":null,"refusal":""}"#,
@@ -261,22 +269,24 @@ fn refusal_is_text_and_reasoning_fields_are_reasoning() {
     ]);
     let o = run(P, &bytes);
     assert_eq!(o.reasoning(), "think more!");
-    assert_eq!(o.text(), "I can't help.");
+    assert_eq!(o.text(), "");
     assert_eq!(
         o.events,
         vec![
             Event::reasoning("think "),
             Event::reasoning("more"),
             Event::reasoning("!"),
-            Event::Text {
+            Event::Refusal {
                 text: "I can't".into()
             },
-            Event::Text {
+            Event::Refusal {
                 text: " help.".into()
             },
         ]
     );
-    assert_eq!(o.finish().finish_reason, FinishReason::Stop);
+    // A refusal ends `stop` on the wire; DESIGN 4.5 reports it as content_filter.
+    assert_eq!(o.finish().finish_reason, FinishReason::ContentFilter);
+    assert_eq!(o.finish().raw_finish_reason.as_deref(), Some("stop"));
 }
 
 #[test]

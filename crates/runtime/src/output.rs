@@ -1,5 +1,6 @@
 //! Writes events to stdout as they happen: one NDJSON line per event (the controller
-//! contract) or, in text mode, just the answer for a person. Every event is flushed at once;
+//! contract) or, in text mode, just the answer for a person (text, refusals, and one line per
+//! tool call). Every event is flushed at once;
 //! nothing is buffered behind the stream. Diagnostics go to stderr.
 
 use std::io::{self, Write};
@@ -48,9 +49,20 @@ impl<W: Write> Output<W> {
                 self.out.flush()
             }
             OutputMode::Text => match event {
-                Event::Text { text } if !text.is_empty() => {
+                // A refusal is the answer a person gets.
+                Event::Text { text } | Event::Refusal { text } if !text.is_empty() => {
                     self.out.write_all(text.as_bytes())?;
                     self.at_line_start = text.ends_with('\n');
+                    self.out.flush()
+                }
+                Event::ToolCall(call) => {
+                    let sep = if self.at_line_start { "" } else { "\n" };
+                    let line = format!(
+                        "{sep}[tool call {} {}: {}]\n",
+                        call.id, call.name, call.arguments
+                    );
+                    self.out.write_all(line.as_bytes())?;
+                    self.at_line_start = true;
                     self.out.flush()
                 }
                 Event::End { .. } | Event::Error(_) => {
@@ -125,5 +137,26 @@ mod tests {
         o.emit(&Event::Error(ErrorEvent::new(ErrorKind::Timeout, "idle")))
             .unwrap();
         assert_eq!(String::from_utf8(o.into_inner()).unwrap(), "Hello world\n");
+    }
+
+    #[test]
+    fn text_mode_shows_tool_calls_and_refusals() {
+        let mut o = Output::new(OutputMode::Text, Vec::new());
+        o.emit(&Event::Text {
+            text: "Let me check".into(),
+        })
+        .unwrap();
+        o.emit(&Event::ToolCall(polydev_protocol::ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }))
+        .unwrap();
+        o.emit(&Event::Refusal { text: "No.".into() }).unwrap();
+        o.emit(&end()).unwrap();
+        assert_eq!(
+            String::from_utf8(o.into_inner()).unwrap(),
+            "Let me check\n[tool call call_1 get_weather: {\"city\":\"Paris\"}]\nNo.\n"
+        );
     }
 }

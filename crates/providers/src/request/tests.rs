@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use serde_json::{Value, json};
+
+use crate::DEFAULT_ANTHROPIC_MAX_TOKENS;
 
 const KEY: &str = "sk-test-FAKEFAKEFAKE0000";
 
@@ -381,4 +384,253 @@ fn every_provider_builds_against_its_default_base_url() {
         assert_eq!(req.uri().scheme_str(), Some("https"));
         assert!(header(&req, "user-agent").is_some_and(|ua| ua.starts_with("polydev-runtime/")));
     }
+}
+
+/// The DESIGN.md 4.5 conversation: an image by URL and inline, a tool call with its signed
+/// reasoning, two tool results, then a user follow-up; plus every generation control.
+const CAPS: &str = r#","messages":[
+  {"role":"user","content":[{"type":"text","text":"What is this?"},
+     {"type":"image","url":"https://example.com/cat.png","media_type":"image/png"},
+     {"type":"image","media_type":"image/png","data":"iVBORw0KGgo="}]},
+  {"role":"assistant","content":"","tool_calls":[
+     {"id":"call_1","name":"get_weather","arguments":"{\"city\":\"Paris\"}"},
+     {"id":"call_2","name":"get_weather","arguments":"{\"city\":\"Rome\"}"}],
+   "reasoning":[{"text":"thinking","signature":"c2lnLTE="},{"text":"","redacted":"cmVk"}]},
+  {"role":"tool","tool_call_id":"call_1","content":"{\"temp_c\":21}"},
+  {"role":"tool","tool_call_id":"call_2","name":"get_weather","content":"sunny"},
+  {"role":"user","content":"And tomorrow?"}],
+ "reasoning":{"effort":"low"},
+ "stop":["\n\nUser:"],
+ "response_format":{"type":"json_schema","name":"answer","schema":{"type":"object"},"strict":true},
+ "tools":[{"name":"get_weather","description":"Weather now","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}],
+ "tool_choice":{"name":"get_weather"},
+ "options":{"openai":{"service_tier":"flex"},"anthropic":{"metadata":{"user_id":"u1"}},
+            "google":{"generationConfig":{"topK":40}}}"#;
+
+fn caps_body(provider: &str, model: &str) -> Value {
+    let j = job(provider, CAPS);
+    j.validate().unwrap();
+    body(&build_request(&j, model, "http://127.0.0.1:1").unwrap())
+}
+
+#[test]
+fn openai_maps_every_capability() {
+    let b = caps_body("openai", "gpt-5-mini");
+    assert_eq!(
+        b["messages"],
+        json!([
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\":21}"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "sunny"},
+            {"role": "user", "content": "And tomorrow?"}
+        ])
+    );
+    assert_eq!(b["reasoning_effort"], json!("low"));
+    assert_eq!(b["stop"], json!(["\n\nUser:"]));
+    assert_eq!(
+        b["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": true}})
+    );
+    assert_eq!(
+        b["tools"],
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+    );
+    assert_eq!(
+        b["tool_choice"],
+        json!({"type": "function", "function": {"name": "get_weather"}})
+    );
+    assert_eq!(b["service_tier"], json!("flex"));
+    assert!(b.get("metadata").is_none() && b.get("generationConfig").is_none());
+}
+
+#[test]
+fn anthropic_maps_every_capability() {
+    let b = caps_body("anthropic", "claude-haiku-4-5");
+    assert_eq!(
+        b["messages"],
+        json!([
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "thinking", "signature": "c2lnLTE="},
+                {"type": "redacted_thinking", "data": "cmVk"},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Rome"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "{\"temp_c\":21}"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": "sunny"},
+                {"type": "text", "text": "And tomorrow?"}]}
+        ])
+    );
+    // effort low = 4096 thinking tokens; max_tokens (default 4096) is raised above it.
+    assert_eq!(
+        b["thinking"],
+        json!({"type": "enabled", "budget_tokens": 4096})
+    );
+    assert_eq!(b["max_tokens"], json!(8192));
+    assert_eq!(b["stop_sequences"], json!(["\n\nUser:"]));
+    assert_eq!(
+        b["output_config"],
+        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
+    );
+    assert_eq!(
+        b["tools"],
+        json!([{"name": "get_weather", "description": "Weather now",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    );
+    assert_eq!(
+        b["tool_choice"],
+        json!({"type": "tool", "name": "get_weather"})
+    );
+    assert_eq!(b["metadata"], json!({"user_id": "u1"}));
+    // A budget below Anthropic's minimum is raised to it; a large max_tokens is kept.
+    let j = job(
+        "anthropic",
+        r#","prompt":"p","max_tokens":20000,"reasoning":{"budget_tokens":10}"#,
+    );
+    let b = body(&build_request(&j, "claude-haiku-4-5", "http://127.0.0.1:1").unwrap());
+    assert_eq!(
+        b["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    assert_eq!(b["max_tokens"], json!(20000));
+    let j = job(
+        "anthropic",
+        r#","prompt":"p","reasoning":{"effort":"none"}"#,
+    );
+    let b = body(&build_request(&j, "claude-haiku-4-5", "http://127.0.0.1:1").unwrap());
+    assert_eq!(b["thinking"], json!({"type": "disabled"}));
+}
+
+#[test]
+fn gemini_maps_every_capability() {
+    let b = caps_body("google", "gemini-3.5-flash");
+    assert_eq!(
+        b["contents"],
+        json!([
+            {"role": "user", "parts": [
+                {"text": "What is this?"},
+                {"fileData": {"mimeType": "image/png", "fileUri": "https://example.com/cat.png"}},
+                {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]},
+            {"role": "model", "parts": [
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": "c2lnLTE="},
+                {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}}]},
+            {"role": "user", "parts": [
+                {"functionResponse": {"name": "get_weather", "response": {"temp_c": 21}}},
+                {"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}}]},
+            {"role": "user", "parts": [{"text": "And tomorrow?"}]}
+        ])
+    );
+    assert_eq!(
+        b["generationConfig"],
+        json!({"stopSequences": ["\n\nUser:"], "responseMimeType": "application/json",
+               "responseJsonSchema": {"type": "object"},
+               "thinkingConfig": {"includeThoughts": true, "thinkingLevel": "LOW"},
+               "topK": 40})
+    );
+    assert_eq!(
+        b["tools"],
+        json!([{"functionDeclarations": [{"name": "get_weather", "description": "Weather now",
+            "parametersJsonSchema": {"type": "object", "properties": {"city": {"type": "string"}}}}]}])
+    );
+    assert_eq!(
+        b["toolConfig"],
+        json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+    );
+    // Gemini 2.5 takes a budget; an explicit budget wins everywhere.
+    let j = job("google", r#","prompt":"p","reasoning":{"effort":"high"}"#);
+    let b = body(&build_request(&j, "gemini-2.5-flash", "http://127.0.0.1:1").unwrap());
+    assert_eq!(
+        b["generationConfig"]["thinkingConfig"],
+        json!({"includeThoughts": true, "thinkingBudget": 32768})
+    );
+    let j = job("google", r#","prompt":"p","reasoning":{"budget_tokens":0}"#);
+    let b = body(&build_request(&j, "gemini-3.5-flash", "http://127.0.0.1:1").unwrap());
+    assert_eq!(
+        b["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+        json!(0)
+    );
+}
+
+#[test]
+fn tool_choice_modes_and_plain_json() {
+    let modes = [
+        (
+            "auto",
+            json!("auto"),
+            json!({"type": "auto"}),
+            json!("AUTO"),
+        ),
+        (
+            "none",
+            json!("none"),
+            json!({"type": "none"}),
+            json!("NONE"),
+        ),
+        (
+            "required",
+            json!("required"),
+            json!({"type": "any"}),
+            json!("ANY"),
+        ),
+    ];
+    for (mode, oa, an, ge) in modes {
+        let extra = format!(
+            r#","prompt":"p","tools":[{{"name":"f"}}],"tool_choice":"{mode}","response_format":{{"type":"json_object"}}"#
+        );
+        let b = body(&build_request(&job("openai", &extra), "gpt-5-mini", "http://h").unwrap());
+        assert_eq!(b["tool_choice"], oa);
+        assert_eq!(b["response_format"], json!({"type": "json_object"}));
+        let b = body(&build_request(&job("anthropic", &extra), "m", "http://h").unwrap());
+        assert_eq!(b["tool_choice"], an);
+        assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
+        let b =
+            body(&build_request(&job("google", &extra), "gemini-3.5-flash", "http://h").unwrap());
+        assert_eq!(b["toolConfig"]["functionCallingConfig"]["mode"], ge);
+        assert_eq!(
+            b["generationConfig"]["responseMimeType"],
+            json!("application/json")
+        );
+    }
+}
+
+#[test]
+fn gemini_tool_turn_without_a_name_or_call_is_a_build_error() {
+    let j = job(
+        "google",
+        r#","messages":[{"role":"user","content":"q"},{"role":"tool","tool_call_id":"nope","content":"1"}]"#,
+    );
+    j.validate().unwrap();
+    let e = build_request(&j, "gemini-3.5-flash", "http://h").unwrap_err();
+    assert!(e.to_string().contains("google needs the tool name"), "{e}");
+}
+
+#[test]
+fn options_deep_merge_without_losing_runtime_fields() {
+    let j = job(
+        "google",
+        r#","prompt":"p","max_tokens":5,"options":{"google":{"generationConfig":{"topK":40,"maxOutputTokens":7},"safetySettings":[]}}"#,
+    );
+    let b = body(&build_request(&j, "gemini-3.5-flash", "http://h").unwrap());
+    assert_eq!(b["generationConfig"]["topK"], json!(40));
+    // Options are merged as given: they win over the runtime's own generation fields.
+    assert_eq!(b["generationConfig"]["maxOutputTokens"], json!(7));
+    assert_eq!(
+        b["generationConfig"]["thinkingConfig"],
+        json!({"includeThoughts": true})
+    );
+    assert_eq!(b["safetySettings"], json!([]));
+    assert_eq!(
+        b["contents"],
+        json!([{"role": "user", "parts": [{"text": "p"}]}])
+    );
 }
