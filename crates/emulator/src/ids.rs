@@ -62,6 +62,14 @@ pub(crate) fn anthropic_message_id() -> String {
     format!("msg_01{}", Rng::new().string(BASE58, 22))
 }
 
+pub(crate) fn tool_call_id() -> String {
+    format!("call_{}", Rng::new().string(ALNUM, 24))
+}
+
+pub(crate) fn anthropic_tool_use_id() -> String {
+    format!("toolu_01{}", Rng::new().string(BASE58, 22))
+}
+
 pub(crate) fn anthropic_request_id() -> String {
     format!("req_011C{}", Rng::new().string(BASE58, 20))
 }

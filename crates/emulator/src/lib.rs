@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 
 pub use body::{InjectedAbort, ResponseBody};
 pub use error::EmulatorError;
+pub use providers::extras::tool_call_arguments;
 pub use scenario::{BlockReason, DEFAULT_LEN, DEFAULT_RETRY_MS, Scenario};
 pub use state::{RecordedRequest, StatusSnapshot};
 pub use text::{answer_text, reasoning_text};

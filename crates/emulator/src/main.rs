@@ -179,7 +179,8 @@ impl Args {
             block: self.block,
             think: self.think,
             ka_ms: self.ka_ms,
-            // The content-policy knobs have no flag of their own: `--scenario policy400`.
+            // The content-policy knobs and tools, argsplit, interleave, refuse have no flag of
+            // their own: `--scenario policy400-tools2`.
             ..Scenario::default()
         };
         let base = self

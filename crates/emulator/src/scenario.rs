@@ -17,6 +17,8 @@ pub const DEFAULT_RETRY_MS: u64 = 1000;
 pub const MAX_TOKENS_PER_STREAM: usize = 1_000_000;
 /// Largest accepted delay of any kind (one day): keeps every deadline computation finite.
 pub const MAX_DELAY_MS: u64 = 86_400_000;
+/// Most parallel tool calls one answer may make.
+pub const MAX_TOOL_CALLS: usize = 64;
 
 /// A set of knobs. `None` / `false` means "not set here"; see [`Scenario::or`].
 ///
@@ -61,6 +63,16 @@ pub struct Scenario {
     pub think: Option<usize>,
     /// `ka{MS}`: keep-alive comment / ping interval while the stream is idle.
     pub ka_ms: Option<u64>,
+    /// `tools{N}`: answer with N parallel calls to the request's tools instead of text (not
+    /// when the conversation ends with tool results: then the model answers them).
+    pub tools: Option<usize>,
+    /// `argsplit{N}`: stream tool-call arguments in pieces of N bytes (never inside a
+    /// character); 0 or absent: whole.
+    pub argsplit: Option<usize>,
+    /// `interleave`: OpenAI only: the parallel calls' argument pieces interleave by index.
+    pub interleave: bool,
+    /// `refuse`: OpenAI only: the answer is `refusal` deltas (the other providers' `block`).
+    pub refuse: bool,
 }
 
 impl Scenario {
@@ -76,6 +88,11 @@ impl Scenario {
                     s.block_reason = Some(r);
                 }
                 continue;
+            }
+            match token {
+                "interleave" => s.interleave = true,
+                "refuse" => s.refuse = true,
+                _ => {}
             }
             let split_at = token
                 .find(|c: char| c.is_ascii_digit())
@@ -105,6 +122,8 @@ impl Scenario {
                 "mid" => s.mid = Some(count),
                 "think" => s.think = Some(count.min(MAX_TOKENS_PER_STREAM)),
                 "ka" => s.ka_ms = Some(value.min(MAX_DELAY_MS)),
+                "tools" => s.tools = Some(count.min(MAX_TOOL_CALLS)),
+                "argsplit" => s.argsplit = Some(count),
                 _ => {}
             }
         }
@@ -132,6 +151,10 @@ impl Scenario {
             policymid: self.policymid.or(defaults.policymid),
             think: self.think.or(defaults.think),
             ka_ms: self.ka_ms.or(defaults.ka_ms),
+            tools: self.tools.or(defaults.tools),
+            argsplit: self.argsplit.or(defaults.argsplit),
+            interleave: self.interleave || defaults.interleave,
+            refuse: self.refuse || defaults.refuse,
         }
     }
 
@@ -167,6 +190,10 @@ impl Scenario {
                 .ka_ms
                 .filter(|&ms| ms > 0)
                 .map(|ms| Duration::from_millis(ms.min(MAX_DELAY_MS))),
+            tools: self.tools.unwrap_or(0).min(MAX_TOOL_CALLS),
+            argsplit: self.argsplit.unwrap_or(0),
+            interleave: self.interleave,
+            refuse: self.refuse,
         }
     }
 }
@@ -248,6 +275,10 @@ pub(crate) struct Effective {
     pub azure: Option<u16>,
     pub think: usize,
     pub keep_alive: Option<Duration>,
+    pub tools: usize,
+    pub argsplit: usize,
+    pub interleave: bool,
+    pub refuse: bool,
 }
 
 impl Effective {
@@ -258,6 +289,7 @@ impl Effective {
         self.block = false;
         self.policy = None;
         self.azure = None;
+        self.refuse = false;
         self
     }
 }
@@ -294,6 +326,9 @@ mod tests {
         assert_eq!(s.think, Some(8));
         assert_eq!(s.ka_ms, Some(100));
         assert!(s.block);
+        let s = Scenario::parse("m-tools3-argsplit1-interleave-refuse");
+        assert_eq!((s.tools, s.argsplit), (Some(3), Some(1)));
+        assert!(s.interleave && s.refuse);
     }
 
     #[test]

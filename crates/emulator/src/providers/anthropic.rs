@@ -13,7 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    Finish, Incoming, InjectedError, Plan, content_texts, deliver_json, fixed, resolve, set_header,
+    Finish, Incoming, InjectedError, Plan, content_texts, deliver_json, extras, fixed, resolve,
+    set_header,
 };
 use crate::body::{ResponseBody, Script, Step};
 use crate::ids;
@@ -188,6 +189,26 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
 
+    if let Some(resp) = check_messages(messages, thinking_type == Some("enabled"), rid) {
+        return resp;
+    }
+    let tool_names: Vec<String> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let ends_with_tool_result = messages.last().is_some_and(|m| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|b| block_type(b) == Some("tool_result")))
+    });
+    let json_answer = body
+        .get("output_config")
+        .and_then(|o| o.get("format"))
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .map(|f| extras::json_answer(f.get("schema")));
     let mut texts = Vec::new();
     if let Some(system) = body.get("system") {
         content_texts(system, &mut texts);
@@ -210,7 +231,14 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
     if let Some(status) = scenario.policy {
         return error_response(status, rid, "invalid_request_error", CONTENT_FILTERED);
     }
-    let plan = Plan::new(model, &scenario, input_tokens, Some(max_tokens));
+    let calls = extras::plan_calls(scenario.tools, &tool_names, ends_with_tool_result, |_| {
+        ids::anthropic_tool_use_id()
+    });
+    let mut plan = Plan::new(model, &scenario, input_tokens, Some(max_tokens))
+        .with_calls(calls, scenario.argsplit);
+    if let Some(json) = &json_answer {
+        plan = plan.with_json(json);
+    }
     let message_id = ids::anthropic_message_id();
     let mut response = if stream {
         let script = MessageScript::new(plan, message_id, thinking_request.omitted);
@@ -238,6 +266,137 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
 /// HTTP 400 (`policy{STATUS}`) or an in-stream `error` event (`policymid{N}`), verbatim from the
 /// reports cited in crates/providers/README.md. There is no code or field for it.
 const CONTENT_FILTERED: &str = "Output blocked by content filtering policy";
+fn block_type(b: &Value) -> Option<&str> {
+    b.get("type").and_then(Value::as_str)
+}
+
+/// What Anthropic checks in a conversation sent back (its real 400 messages): a `tool_result`
+/// answers a `tool_use` of the assistant turn right before it; with thinking enabled, the last
+/// assistant turn that used tools starts with its (signed) thinking block; thinking blocks
+/// carry the signature this emulator issued; images are base64 of a supported format matching
+/// their `media_type`, or a URL.
+fn check_messages(messages: &[Value], thinking: bool, rid: &str) -> Option<Response<ResponseBody>> {
+    let blocks = |m: &Value| -> Vec<Value> {
+        m.get("content")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let last_tool_turn = messages.iter().rposition(|m| {
+        m.get("role").and_then(Value::as_str) == Some("assistant")
+            && blocks(m).iter().any(|b| block_type(b) == Some("tool_use"))
+    });
+    for (i, m) in messages.iter().enumerate() {
+        let content = blocks(m);
+        let role = m.get("role").and_then(Value::as_str);
+        for (j, b) in content.iter().enumerate() {
+            match block_type(b) {
+                Some("tool_result") => {
+                    let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                    let previous = i
+                        .checked_sub(1)
+                        .map(|p| blocks(&messages[p]))
+                        .unwrap_or_default();
+                    let known = previous.iter().any(|p| {
+                        block_type(p) == Some("tool_use")
+                            && p.get("id").and_then(Value::as_str) == Some(id)
+                    });
+                    if !known {
+                        return Some(invalid(
+                            rid,
+                            &format!(
+                                "messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                            ),
+                        ));
+                    }
+                }
+                Some("thinking") => match b.get("signature").and_then(Value::as_str) {
+                    None => {
+                        return Some(invalid(
+                            rid,
+                            &format!("messages.{i}.content.{j}.thinking.signature: Field required"),
+                        ));
+                    }
+                    Some(sig) if sig != SIGNATURE => {
+                        return Some(invalid(
+                            rid,
+                            &format!(
+                                "messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                },
+                Some("image") if role == Some("user") => {
+                    if let Some(message) = check_image(b) {
+                        return Some(invalid(
+                            rid,
+                            &format!("messages.{i}.content.{j}.image.source.{message}"),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if thinking && Some(i) == last_tool_turn {
+            let first = content.first().and_then(block_type).unwrap_or("text");
+            if first != "thinking" && first != "redacted_thinking" {
+                return Some(invalid(
+                    rid,
+                    &format!(
+                        "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this requirement, disable `thinking`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                    ),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Why an image block's `source` is malformed (the tail of Anthropic's message), if it is.
+fn check_image(block: &Value) -> Option<String> {
+    let source = block.get("source");
+    match source.and_then(|s| s.get("type")).and_then(Value::as_str) {
+        Some("url") => source
+            .and_then(|s| s.get("url"))
+            .and_then(Value::as_str)
+            .is_none()
+            .then(|| "url.url: Field required".to_owned()),
+        Some("base64") => {
+            let media = source
+                .and_then(|s| s.get("media_type"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !["image/jpeg", "image/png", "image/gif", "image/webp"].contains(&media) {
+                return Some(
+                    "base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
+                        .to_owned(),
+                );
+            }
+            let data = source
+                .and_then(|s| s.get("data"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match extras::base64_head(data)
+                .as_deref()
+                .map(extras::sniff_image)
+            {
+                None => Some("base64.data: Invalid base64 data".to_owned()),
+                Some(Some(real)) if real == media => None,
+                Some(Some(real)) => Some(format!(
+                    "base64.data: The image was specified using the {media} media type, but the image appears to be a {real} image"
+                )),
+                Some(None) => Some(format!(
+                    "base64.data: The image was specified using the {media} media type, but does not appear to be a valid {} image",
+                    media.trim_start_matches("image/")
+                )),
+            }
+        }
+        _ => Some(
+            "type: Input tag does not match any of the expected tags: 'base64', 'url'".to_owned(),
+        ),
+    }
+}
 
 /// The `err{STATUS}` knob.
 fn injected_error(
@@ -392,6 +551,7 @@ fn stop_reason(finish: Finish) -> &'static str {
         Finish::Stop => "end_turn",
         Finish::Length => "max_tokens",
         Finish::Blocked => "refusal",
+        Finish::ToolCalls => "tool_use",
     }
 }
 
@@ -420,6 +580,11 @@ enum Block<'a> {
         thinking: &'a str,
         signature: &'a str,
     },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Value,
+    },
 }
 
 #[derive(Serialize)]
@@ -431,6 +596,8 @@ enum DeltaKind<'a> {
     Thinking { thinking: &'a str },
     #[serde(rename = "signature_delta")]
     Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 #[derive(Serialize)]
@@ -486,6 +653,7 @@ enum Stage {
     TextStart,
     Text(usize),
     TextStop,
+    Calls,
     Delta,
     Stop,
     Over,
@@ -498,6 +666,8 @@ struct MessageScript {
     stage: Stage,
     pinged: bool,
     text_index: usize,
+    /// Tool-use block frames still to send (built when the calls stage starts).
+    call_frames: Option<std::collections::VecDeque<Bytes>>,
 }
 
 impl MessageScript {
@@ -510,11 +680,45 @@ impl MessageScript {
             stage: Stage::Start,
             pinged: false,
             text_index,
+            call_frames: None,
         }
     }
 
     fn has_text_block(&self) -> bool {
-        self.plan.finish != Finish::Blocked && (self.plan.answer > 0 || self.plan.reasoning == 0)
+        self.plan.finish != Finish::Blocked
+            && (self.plan.answer > 0 || (self.plan.reasoning == 0 && self.plan.calls.is_empty()))
+    }
+
+    /// One `tool_use` block per planned call: start with `input: {}`, an empty first
+    /// `input_json_delta` (as recorded, wire-formats.md §9.3), the argument pieces, stop.
+    fn build_call_frames(&self) -> std::collections::VecDeque<Bytes> {
+        let first = usize::from(self.plan.reasoning > 0) + usize::from(self.has_text_block());
+        let mut out = std::collections::VecDeque::new();
+        for (k, call) in self.plan.calls.iter().enumerate() {
+            let index = first + k;
+            out.push_back(block_start(
+                index,
+                Block::ToolUse {
+                    id: &call.id,
+                    name: &call.name,
+                    input: Value::Object(serde_json::Map::new()),
+                },
+            ));
+            out.push_back(block_delta(
+                index,
+                DeltaKind::InputJson { partial_json: "" },
+            ));
+            for piece in extras::pieces(&call.arguments, self.plan.arg_split) {
+                out.push_back(block_delta(
+                    index,
+                    DeltaKind::InputJson {
+                        partial_json: piece,
+                    },
+                ));
+            }
+            out.push_back(block_stop(index));
+        }
+        out
     }
 }
 
@@ -587,7 +791,7 @@ impl Script for MessageScript {
                 }
                 Stage::TextStart => {
                     if !self.has_text_block() {
-                        self.stage = Stage::Delta;
+                        self.stage = Stage::Calls;
                         continue;
                     }
                     self.stage = Stage::Text(0);
@@ -601,15 +805,24 @@ impl Script for MessageScript {
                 }
                 Stage::Text(i) if i < self.plan.answer => {
                     self.stage = Stage::Text(i + 1);
-                    let token = text::answer_token(i);
+                    let token = self.plan.answer_token(i);
                     let frame = block_delta(self.text_index, DeltaKind::Text { text: &token });
                     return Some(Step::Content(frame));
                 }
                 Stage::Text(_) => self.stage = Stage::TextStop,
                 Stage::TextStop => {
-                    self.stage = Stage::Delta;
+                    self.stage = Stage::Calls;
                     let frame = block_stop(self.text_index);
                     return Some(Step::Meta(frame));
+                }
+                Stage::Calls => {
+                    if self.call_frames.is_none() {
+                        self.call_frames = Some(self.build_call_frames());
+                    }
+                    match self.call_frames.as_mut().and_then(|f| f.pop_front()) {
+                        Some(frame) => return Some(Step::Content(frame)),
+                        None => self.stage = Stage::Delta,
+                    }
                 }
                 Stage::Delta => {
                     self.stage = Stage::Stop;
@@ -682,7 +895,7 @@ fn message_json(plan: &Plan, id: &str, omitted: bool) -> Vec<u8> {
     } else {
         text::reasoning_text(plan.reasoning)
     };
-    let answer = text::answer_text(plan.answer);
+    let answer = plan.answer_text();
     let mut content = Vec::new();
     if plan.reasoning > 0 {
         content.push(Block::Thinking {

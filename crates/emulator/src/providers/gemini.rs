@@ -15,7 +15,7 @@ use http::Response;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{Finish, Incoming, InjectedError, Plan, deliver_json, fixed, resolve};
+use super::{Finish, Incoming, InjectedError, Plan, deliver_json, extras, fixed, resolve};
 use crate::body::{ResponseBody, Script, Step};
 use crate::ids;
 use crate::router::percent_decode;
@@ -265,6 +265,41 @@ pub(crate) async fn generate(
     let limit = config
         .and_then(|c| field(c, "maxOutputTokens", "max_output_tokens"))
         .and_then(Value::as_u64);
+    let tool_names: Vec<String> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            field(
+                t.as_object()?,
+                "functionDeclarations",
+                "function_declarations",
+            )
+        })
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let ends_with_tool_result = contents
+        .last()
+        .and_then(|c| c.get("parts"))
+        .and_then(Value::as_array)
+        .is_some_and(|p| p.iter().any(is_function_response));
+    let json_answer = config
+        .filter(|c| {
+            field(c, "responseMimeType", "response_mime_type").and_then(Value::as_str)
+                == Some("application/json")
+        })
+        .map(|c| {
+            extras::json_answer(
+                field(c, "responseJsonSchema", "response_json_schema")
+                    .or_else(|| field(c, "responseSchema", "response_schema")),
+            )
+        });
+    if let Some(message) = check_contents(contents, model) {
+        return invalid_argument(&message, wrap);
+    }
     let include_thoughts = config
         .and_then(|c| field(c, "thinkingConfig", "thinking_config"))
         .and_then(Value::as_object)
@@ -290,7 +325,15 @@ pub(crate) async fn generate(
     if let Some(status) = scenario.err {
         return injected_error(status, &scenario, model, wrap);
     }
-    let plan = Plan::new(model, &scenario, input_tokens, limit);
+    let calls = extras::plan_calls(scenario.tools, &tool_names, ends_with_tool_result, |i| {
+        format!("gemini-call-{i}")
+    });
+    let mut plan =
+        Plan::new(model, &scenario, input_tokens, limit).with_calls(calls, scenario.argsplit);
+    if let Some(json) = &json_answer {
+        plan = plan.with_json(json);
+    }
+    let signs = plan.reasoning > 0 || requires_signatures(model);
     let response_id = ids::gemini_response_id();
     match framing {
         Framing::Single => {
@@ -309,8 +352,9 @@ pub(crate) async fn generate(
             .await
         }
         Framing::Sse | Framing::Array => {
-            let script =
+            let mut script =
                 GeminiScript::new(plan, response_id, include_thoughts, framing == Framing::Sse);
+            script.signs = signs;
             let content_type = if framing == Framing::Sse {
                 EVENT_STREAM
             } else {
@@ -322,6 +366,113 @@ pub(crate) async fn generate(
 }
 
 const OVERLOADED: &str = "The model is overloaded. Please try again later.";
+
+fn is_function_response(part: &Value) -> bool {
+    part.get("functionResponse").is_some() || part.get("function_response").is_some()
+}
+
+fn is_function_call(part: &Value) -> bool {
+    part.get("functionCall").is_some() || part.get("function_call").is_some()
+}
+
+/// Gemini 3 models reject function calls sent back without their thought signature.
+fn requires_signatures(model: &str) -> bool {
+    model.starts_with("gemini-3")
+}
+
+/// What Gemini checks in the contents sent back (its real 400 messages): a function-response
+/// turn follows a function-call turn with as many calls; on Gemini 3 the current turn's first
+/// function call carries the thought signature this emulator issued; inline images are base64
+/// with a MIME type, file images have a URI.
+fn check_contents(contents: &[Value], model: &str) -> Option<String> {
+    let parts = |c: &Value| -> Vec<Value> {
+        c.get("parts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let last_call_turn = contents
+        .iter()
+        .rposition(|c| parts(c).iter().any(is_function_call));
+    for (i, c) in contents.iter().enumerate() {
+        let ps = parts(c);
+        let responses = ps.iter().filter(|p| is_function_response(p)).count();
+        if responses > 0 {
+            let calls = i
+                .checked_sub(1)
+                .map(|p| {
+                    parts(&contents[p])
+                        .iter()
+                        .filter(|p| is_function_call(p))
+                        .count()
+                })
+                .unwrap_or(0);
+            if calls == 0 {
+                return Some("Please ensure that function response turn comes immediately after a function call turn.".to_owned());
+            }
+            if calls != responses {
+                return Some("Please ensure that the number of function response parts is equal to the number of function call parts of the function call turn.".to_owned());
+            }
+        }
+        if requires_signatures(model) && Some(i) == last_call_turn {
+            let pos = ps.iter().position(is_function_call).unwrap_or(0);
+            let first = &ps[pos];
+            let name = first
+                .get("functionCall")
+                .or_else(|| first.get("function_call"))
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match first
+                .get("thoughtSignature")
+                .or_else(|| first.get("thought_signature"))
+                .and_then(Value::as_str)
+            {
+                None => {
+                    return Some(format!(
+                        "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance. Additional data, function call `default_api:{name}` , position {}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+                        pos + 1
+                    ));
+                }
+                Some(sig) if sig != THOUGHT_SIGNATURE => {
+                    return Some("Corrupted thought signature.".to_owned());
+                }
+                Some(_) => {}
+            }
+        }
+        for (j, p) in ps.iter().enumerate() {
+            if let Some(inline) = p.get("inlineData").or_else(|| p.get("inline_data")) {
+                let data = inline.get("data").and_then(Value::as_str).unwrap_or("");
+                if extras::base64_head(data).is_none() {
+                    let shown: String = data.chars().take(32).collect();
+                    return Some(format!(
+                        "Invalid value at 'contents[{i}].parts[{j}].inline_data.data' (TYPE_BYTES), Base64 decoding failed for \"{shown}\""
+                    ));
+                }
+                if field_str(inline, "mimeType", "mime_type").is_none() {
+                    return Some(format!(
+                        "* GenerateContentRequest.contents[{i}].parts[{j}].inline_data.mime_type: mime_type is not specified\n"
+                    ));
+                }
+            }
+            if let Some(file) = p.get("fileData").or_else(|| p.get("file_data"))
+                && field_str(file, "fileUri", "file_uri").is_none()
+            {
+                return Some(format!(
+                    "* GenerateContentRequest.contents[{i}].parts[{j}].file_data.file_uri: file_uri is not specified\n"
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn field_str<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a str> {
+    v.get(camel)
+        .or_else(|| v.get(snake))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
 
 /// The `err{STATUS}` knob. Gemini has no 529: it is answered as 503 UNAVAILABLE.
 fn injected_error(
@@ -495,7 +646,7 @@ fn safety_block(reason: BlockReason) -> PromptFeedback {
 fn finish_reason(finish: Finish) -> &'static str {
     match finish {
         Finish::Length => "MAX_TOKENS",
-        Finish::Stop | Finish::Blocked => "STOP",
+        Finish::Stop | Finish::Blocked | Finish::ToolCalls => "STOP",
     }
 }
 
@@ -575,6 +726,7 @@ impl Serialize for SingleResponse<'_> {
 enum Stage {
     Thoughts(usize),
     Answer(usize),
+    Calls,
     Final,
     Close,
     Over,
@@ -587,6 +739,8 @@ struct GeminiScript {
     sse: bool,
     first_frame: bool,
     stage: Stage,
+    /// Whether function calls carry a thought signature (thinking models).
+    signs: bool,
 }
 
 impl GeminiScript {
@@ -598,6 +752,7 @@ impl GeminiScript {
             sse,
             first_frame: true,
             stage: Stage::Thoughts(0),
+            signs: false,
         }
     }
 
@@ -626,7 +781,7 @@ impl GeminiScript {
 }
 
 /// One chunk on the wire: an SSE frame, or an element of the streamed JSON array.
-fn frame(sse: bool, first_frame: &mut bool, chunk: &Chunk<'_>) -> Bytes {
+fn frame(sse: bool, first_frame: &mut bool, chunk: &impl Serialize) -> Bytes {
     if sse {
         let mut out = b"data: ".to_vec();
         out.extend_from_slice(&google_compact(chunk));
@@ -683,7 +838,7 @@ impl Script for GeminiScript {
                 Stage::Thoughts(_) => self.stage = Stage::Answer(0),
                 Stage::Answer(i) if i < self.plan.answer => {
                     self.stage = Stage::Answer(i + 1);
-                    let token = text::answer_token(i);
+                    let token = self.plan.answer_token(i);
                     let part = Part {
                         text: &token,
                         thought: None,
@@ -692,13 +847,48 @@ impl Script for GeminiScript {
                     let frame = self.text_chunk(part, None, usage(prompt, i + 1, reasoning));
                     return Some(Step::Content(frame));
                 }
-                Stage::Answer(_) => self.stage = Stage::Final,
+                Stage::Answer(_) => self.stage = Stage::Calls,
+                Stage::Calls => {
+                    self.stage = Stage::Final;
+                    if self.plan.calls.is_empty() {
+                        continue;
+                    }
+                    // Parallel calls arrive whole, as parts of one chunk; the turn's thought
+                    // signature rides on the first call (wire-formats.md §5.4, §9.4).
+                    let parts: Vec<Value> = self
+                        .plan
+                        .calls
+                        .iter()
+                        .enumerate()
+                        .map(|(k, c)| {
+                            let args: Value =
+                                serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+                            let mut part = json!({"functionCall": {"name": c.name, "args": args}});
+                            if k == 0
+                                && self.signs
+                                && let Some(p) = part.as_object_mut()
+                            {
+                                p.insert("thoughtSignature".into(), json!(THOUGHT_SIGNATURE));
+                            }
+                            part
+                        })
+                        .collect();
+                    let chunk = json!({
+                        "candidates": [{"content": {"parts": parts, "role": "model"}, "index": 0}],
+                        "usageMetadata": usage(prompt, self.plan.output_tokens() - reasoning, reasoning),
+                        "modelVersion": self.plan.model,
+                        "responseId": self.response_id,
+                    });
+                    let frame = frame(self.sse, &mut self.first_frame, &chunk);
+                    return Some(Step::Content(frame));
+                }
                 Stage::Final => {
                     self.stage = Stage::Close;
                     let part = Part {
                         text: "",
                         thought: None,
-                        thought_signature: (reasoning > 0).then_some(THOUGHT_SIGNATURE),
+                        thought_signature: (reasoning > 0 && self.plan.calls.is_empty())
+                            .then_some(THOUGHT_SIGNATURE),
                     };
                     let finish = finish_reason(self.plan.finish);
                     let frame = self.text_chunk(

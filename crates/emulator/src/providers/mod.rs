@@ -6,6 +6,7 @@
 //! resolution, and response building helpers.
 
 pub(crate) mod anthropic;
+pub(crate) mod extras;
 pub(crate) mod gemini;
 pub(crate) mod openai;
 
@@ -38,6 +39,8 @@ pub(crate) enum Finish {
     Length,
     /// Safety block (`content_filter`, `refusal`, `promptFeedback.blockReason`).
     Blocked,
+    /// The model called tools (`tool_calls`, `tool_use`, Gemini's `STOP` after calls).
+    ToolCalls,
 }
 
 /// The token budget of one answer.
@@ -52,6 +55,12 @@ pub(crate) struct Plan {
     pub finish: Finish,
     /// Gemini's `promptFeedback.blockReason` when `finish` is `Blocked`.
     pub block_reason: BlockReason,
+    /// Tool calls made after the reasoning, instead of the text answer.
+    pub calls: Vec<extras::PlannedCall>,
+    /// Byte size of the pieces tool-call arguments stream in (0: whole).
+    pub arg_split: usize,
+    /// The answer's tokens when they are not the canned text (a JSON answer).
+    pub answer_tokens: Option<Vec<String>>,
 }
 
 impl Plan {
@@ -84,11 +93,57 @@ impl Plan {
             answer,
             finish,
             block_reason: scenario.block_reason,
+            calls: Vec::new(),
+            arg_split: 0,
+            answer_tokens: None,
+        }
+    }
+
+    /// The answer is these tool calls (no text), unless the stream is blocked.
+    pub(crate) fn with_calls(mut self, calls: Vec<extras::PlannedCall>, arg_split: usize) -> Plan {
+        if !calls.is_empty() && self.finish != Finish::Blocked {
+            self.answer = 0;
+            self.finish = Finish::ToolCalls;
+            self.calls = calls;
+            self.arg_split = arg_split;
+        }
+        self
+    }
+
+    /// The answer is this JSON text (JSON / JSON-schema output), cut to the planned length
+    /// only by the output limit.
+    pub(crate) fn with_json(mut self, json: &str) -> Plan {
+        if self.finish == Finish::Stop && self.calls.is_empty() {
+            let tokens = extras::json_tokens(json);
+            self.answer = tokens.len();
+            self.answer_tokens = Some(tokens);
+        }
+        self
+    }
+
+    /// Answer token `i`.
+    pub(crate) fn answer_token(&self, i: usize) -> String {
+        match &self.answer_tokens {
+            Some(t) => t.get(i).cloned().unwrap_or_default(),
+            None => text::answer_token(i),
+        }
+    }
+
+    /// The whole answer text.
+    pub(crate) fn answer_text(&self) -> String {
+        match &self.answer_tokens {
+            Some(t) => t.concat(),
+            None => text::answer_text(self.answer),
         }
     }
 
     pub(crate) fn output_tokens(&self) -> usize {
-        self.reasoning + self.answer
+        let call_tokens: usize = self
+            .calls
+            .iter()
+            .map(|c| text::count_words([c.arguments.as_str()]) + 2)
+            .sum();
+        self.reasoning + self.answer + call_tokens
     }
 }
 

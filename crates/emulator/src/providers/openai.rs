@@ -13,12 +13,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    Finish, Incoming, InjectedError, Plan, content_texts, deliver_json, fixed, resolve, set_header,
+    Finish, Incoming, InjectedError, Plan, content_texts, deliver_json, extras, fixed, resolve,
+    set_header,
 };
 use crate::body::{ResponseBody, Script, Step};
 use crate::ids::{self, Rng};
 use crate::scenario::Effective;
-use crate::text;
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
@@ -235,6 +235,9 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
         .and_then(Value::as_bool)
         .unwrap_or(true);
 
+    if let Some(resp) = check_messages(messages, rid) {
+        return resp;
+    }
     let mut texts = Vec::new();
     for message in messages {
         if let Some(content) = message.get("content") {
@@ -242,6 +245,27 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
         }
     }
     let input_tokens = super::input_tokens(texts);
+    let tool_names: Vec<String> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("function")?.get("name")?.as_str().map(str::to_owned))
+        .collect();
+    let ends_with_tool_result = messages
+        .last()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        == Some("tool");
+    let json_answer = match body.get("response_format") {
+        Some(f) if f.get("type").and_then(Value::as_str) == Some("json_object") => {
+            Some(extras::json_answer(None))
+        }
+        Some(f) if f.get("type").and_then(Value::as_str) == Some("json_schema") => Some(
+            extras::json_answer(f.get("json_schema").and_then(|j| j.get("schema"))),
+        ),
+        _ => None,
+    };
 
     let scenario = resolve(inc.shared, model);
     tokio::time::sleep(scenario.ttfb).await;
@@ -251,7 +275,14 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
     if let Some(response) = policy_refusal(&scenario, rid) {
         return response;
     }
-    let plan = Plan::new(model, &scenario, input_tokens, limit);
+    let calls = extras::plan_calls(scenario.tools, &tool_names, ends_with_tool_result, |_| {
+        ids::tool_call_id()
+    });
+    let mut plan =
+        Plan::new(model, &scenario, input_tokens, limit).with_calls(calls, scenario.argsplit);
+    if let Some(json) = &json_answer {
+        plan = plan.with_json(json);
+    }
     let ids = ChunkIds {
         id: ids::chat_completion_id(),
         created: ids::unix_seconds(),
@@ -259,7 +290,9 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
         fingerprint: ids::system_fingerprint(),
     };
     let mut response = if stream {
-        let script = ChatScript::new(plan, ids, include_usage, include_obfuscation);
+        let mut script = ChatScript::new(plan, ids, include_usage, include_obfuscation);
+        script.refuse = scenario.refuse;
+        script.interleave = scenario.interleave;
         super::streaming(inc.shared, &scenario, EVENT_STREAM, Box::new(script))
     } else {
         let body = completion_json(&plan, &ids);
@@ -275,6 +308,93 @@ pub(crate) async fn chat_completions(inc: Incoming<'_>) -> Response<ResponseBody
     set_header(&mut response, "x-request-id", rid);
     set_header(&mut response, "openai-version", "2020-10-01");
     response
+}
+
+/// What OpenAI checks in a conversation that the runtime sends back: every `tool` message
+/// answers a call of the assistant turn before it, and every image part is an `image_url`
+/// with an http(s) URL or a base64 `data:image/…` URL (OpenAI's real 400 bodies).
+fn check_messages(messages: &[Value], rid: &str) -> Option<Response<ResponseBody>> {
+    let mut open_calls: Option<Vec<&str>> = None;
+    for (i, m) in messages.iter().enumerate() {
+        match m.get("role").and_then(Value::as_str) {
+            Some("tool") => {
+                let Some(calls) = &open_calls else {
+                    let param = format!("messages.[{i}].role");
+                    return Some(bad_request(
+                        rid,
+                        "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                        Some(&param),
+                        None,
+                    ));
+                };
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                if !calls.contains(&id) {
+                    let param = format!("messages.[{i}].tool_call_id");
+                    let message = format!(
+                        "Invalid parameter: 'tool_call_id' of '{id}' not found in 'tool_calls' of previous message."
+                    );
+                    return Some(bad_request(rid, &message, Some(&param), None));
+                }
+            }
+            Some("assistant") => {
+                open_calls = m.get("tool_calls").and_then(Value::as_array).map(|calls| {
+                    calls
+                        .iter()
+                        .filter_map(|c| c.get("id").and_then(Value::as_str))
+                        .collect()
+                });
+            }
+            _ => open_calls = None,
+        }
+        for (j, part) in m
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if part.get("type").and_then(Value::as_str) != Some("image_url") {
+                continue;
+            }
+            let Some(url) = part
+                .get("image_url")
+                .and_then(|u| u.get("url"))
+                .and_then(Value::as_str)
+            else {
+                let param = format!("messages.[{i}].content.[{j}].image_url");
+                let message = format!(
+                    "Missing required parameter: 'messages.[{i}].content.[{j}].image_url.url'."
+                );
+                return Some(bad_request(
+                    rid,
+                    &message,
+                    Some(&param),
+                    Some("missing_required_parameter"),
+                ));
+            };
+            let inline = url.strip_prefix("data:").and_then(|rest| {
+                let (meta, data) = rest.split_once(',')?;
+                let media = meta.strip_suffix(";base64")?;
+                media.starts_with("image/").then_some(data)
+            });
+            let ok = match inline {
+                Some(data) => extras::base64_head(data)
+                    .as_deref()
+                    .and_then(extras::sniff_image)
+                    .is_some(),
+                None => url.starts_with("https://") || url.starts_with("http://"),
+            };
+            if !ok {
+                return Some(bad_request(
+                    rid,
+                    "You uploaded an unsupported image. Please make sure your image has of one the following formats: ['png', 'jpeg', 'gif', 'webp'].",
+                    None,
+                    Some("invalid_image_format"),
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn server_error(request_id: &str) -> Response<ResponseBody> {
@@ -472,6 +592,8 @@ struct Delta<'a> {
     /// `Some(None)` serialises `"refusal":null` (first chunk only).
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -520,6 +642,7 @@ fn finish_reason(finish: Finish) -> &'static str {
         Finish::Stop => "stop",
         Finish::Length => "length",
         Finish::Blocked => "content_filter",
+        Finish::ToolCalls => "tool_calls",
     }
 }
 
@@ -528,6 +651,7 @@ enum Stage {
     Role,
     Reasoning,
     Content(usize),
+    Calls,
     Finish,
     Usage,
     Done,
@@ -541,6 +665,12 @@ struct ChatScript {
     include_obfuscation: bool,
     rng: Rng,
     stage: Stage,
+    /// `refuse` knob: the answer tokens go out as `refusal` deltas.
+    refuse: bool,
+    /// `interleave` knob: parallel calls' argument pieces alternate by index.
+    interleave: bool,
+    /// Tool-call deltas still to send (built when the calls stage starts).
+    call_deltas: Option<std::collections::VecDeque<Value>>,
 }
 
 impl ChatScript {
@@ -557,7 +687,48 @@ impl ChatScript {
             include_obfuscation,
             rng: Rng::new(),
             stage: Stage::Role,
+            refuse: false,
+            interleave: false,
+            call_deltas: None,
         }
+    }
+
+    /// The `tool_calls` deltas of the planned calls: each call's first delta has its id, type,
+    /// name and empty arguments, then argument pieces with only `index`, as OpenAI streams them
+    /// (wire-formats.md §9.1); interleaved by index with the knob.
+    fn build_call_deltas(&self) -> std::collections::VecDeque<Value> {
+        let per_call: Vec<Vec<Value>> = self
+            .plan
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = vec![
+                    serde_json::json!([{"index": i, "id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": ""}}]),
+                ];
+                v.extend(
+                    extras::pieces(&c.arguments, self.plan.arg_split)
+                        .into_iter()
+                        .map(|p| serde_json::json!([{"index": i, "function": {"arguments": p}}])),
+                );
+                v
+            })
+            .collect();
+        let mut out = std::collections::VecDeque::new();
+        if self.interleave {
+            let longest = per_call.iter().map(Vec::len).max().unwrap_or(0);
+            for k in 0..longest {
+                for call in &per_call {
+                    if let Some(d) = call.get(k) {
+                        out.push_back(d.clone());
+                    }
+                }
+            }
+        } else {
+            out.extend(per_call.into_iter().flatten());
+        }
+        out
     }
 
     fn frame(&mut self, choices: &[ChunkChoice<'_>], usage: Option<&Usage>) -> Bytes {
@@ -607,10 +778,13 @@ impl Script for ChatScript {
             match self.stage {
                 Stage::Role => {
                     self.stage = Stage::Reasoning;
+                    // Tool-call and refusal answers start with `content: null`.
+                    let text_answer = self.plan.calls.is_empty() && !self.refuse;
                     let delta = Delta {
                         role: Some("assistant"),
-                        content: Some(""),
+                        content: text_answer.then_some(""),
                         refusal: Some(None),
+                        tool_calls: None,
                     };
                     let frame = self.frame(&Self::choice(delta, None), None);
                     return Some(Step::Meta(frame));
@@ -623,15 +797,38 @@ impl Script for ChatScript {
                 }
                 Stage::Content(i) if i < self.plan.answer => {
                     self.stage = Stage::Content(i + 1);
-                    let token = text::answer_token(i);
-                    let delta = Delta {
-                        content: Some(&token),
-                        ..Delta::default()
+                    let token = self.plan.answer_token(i);
+                    let delta = if self.refuse {
+                        Delta {
+                            refusal: Some(Some(&token)),
+                            ..Delta::default()
+                        }
+                    } else {
+                        Delta {
+                            content: Some(&token),
+                            ..Delta::default()
+                        }
                     };
                     let frame = self.frame(&Self::choice(delta, None), None);
                     return Some(Step::Content(frame));
                 }
-                Stage::Content(_) => self.stage = Stage::Finish,
+                Stage::Content(_) => self.stage = Stage::Calls,
+                Stage::Calls => {
+                    if self.call_deltas.is_none() {
+                        self.call_deltas = Some(self.build_call_deltas());
+                    }
+                    match self.call_deltas.as_mut().and_then(|d| d.pop_front()) {
+                        Some(calls) => {
+                            let delta = Delta {
+                                tool_calls: Some(calls),
+                                ..Delta::default()
+                            };
+                            let frame = self.frame(&Self::choice(delta, None), None);
+                            return Some(Step::Content(frame));
+                        }
+                        None => self.stage = Stage::Finish,
+                    }
+                }
                 Stage::Finish => {
                     self.stage = Stage::Usage;
                     let reason = finish_reason(self.plan.finish);
@@ -714,7 +911,7 @@ struct Message {
 }
 
 fn completion_json(plan: &Plan, ids: &ChunkIds) -> Vec<u8> {
-    let content = (plan.finish != Finish::Blocked).then(|| text::answer_text(plan.answer));
+    let content = (plan.finish != Finish::Blocked).then(|| plan.answer_text());
     let completion = Completion {
         id: &ids.id,
         object: "chat.completion",
