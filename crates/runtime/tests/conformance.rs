@@ -68,9 +68,9 @@ async fn run_case(provider: Provider, case: &Case) -> (RunOutput, Emulator) {
     (out, emu)
 }
 
-/// The invariants of every run plus the case's expectation.
-fn check(provider: Provider, knobs: &str, out: &RunOutput, expect: Expect) {
-    let ctx = format!("{provider} {knobs}: {out:#?}");
+/// The invariants of every run: the canary never shows, `start` first, exactly one terminal
+/// event, last, and the exit code that matches it.
+fn check_invariants(ctx: &str, out: &RunOutput) {
     out.assert_no_canary();
     assert!(
         matches!(out.events.first(), Some(Event::Start { .. })),
@@ -78,6 +78,13 @@ fn check(provider: Provider, knobs: &str, out: &RunOutput, expect: Expect) {
     );
     let terminal = out.terminal();
     assert_eq!(out.code, terminal.exit_code(), "exit code: {ctx}");
+}
+
+/// The invariants of every run plus the case's expectation.
+fn check(provider: Provider, knobs: &str, out: &RunOutput, expect: Expect) {
+    let ctx = format!("{provider} {knobs}: {out:#?}");
+    check_invariants(&ctx, out);
+    let terminal = out.terminal();
     match (expect, terminal) {
         (Expect::End { reason, len }, Event::End { finish_reason, .. }) => {
             assert_eq!(*finish_reason, reason, "{ctx}");
@@ -582,3 +589,8 @@ async fn the_key_travels_only_in_its_header() {
         assert!(!r.path.contains(CANARY) && !r.query.as_deref().unwrap_or("").contains(CANARY));
     }
 }
+
+// === Beyond plain text (DESIGN.md 4.5): images, reasoning, tools, refusals, JSON ===
+
+#[path = "conformance/capabilities.rs"]
+mod capabilities;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use polydev_protocol::{Event, Provider};
 use tokio::io::AsyncWriteExt;
 
-pub use polydev_emulator::{Emulator, EmulatorConfig, TlsConfig, answer_text, reasoning_text};
+pub use polydev_emulator::{
+    Emulator, EmulatorConfig, TlsConfig, answer_text, reasoning_text, tool_call_arguments,
+};
 
 /// A fake key that is obviously not real and contains a canary string; tests assert the canary
 /// never appears in any output.

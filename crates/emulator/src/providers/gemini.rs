@@ -891,11 +891,9 @@ impl Script for GeminiScript {
                             .then_some(THOUGHT_SIGNATURE),
                     };
                     let finish = finish_reason(self.plan.finish);
-                    let frame = self.text_chunk(
-                        part,
-                        Some(finish),
-                        usage(prompt, self.plan.answer, reasoning),
-                    );
+                    let candidates = self.plan.output_tokens() - reasoning;
+                    let frame =
+                        self.text_chunk(part, Some(finish), usage(prompt, candidates, reasoning));
                     return Some(Step::End(frame));
                 }
                 Stage::Close => {
