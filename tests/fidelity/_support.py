@@ -267,3 +267,25 @@ def gemini_stream(client: Any, mdl: str, into: GeminiStream | None = None, confi
                 out.finish_reason = cand.finish_reason
                 out.finish_chunks += 1
     return out
+
+
+# --------------------------------------------------------------------------
+# The runtime binary, for side-by-side comparisons with the SDKs
+
+RUNTIME_KEYS = {
+    "openai": ("OPENAI_API_KEY", "sk-proj-fidelity-test-key", "OPENAI_BASE_URL", "/v1"),
+    "anthropic": ("ANTHROPIC_API_KEY", "sk-ant-api03-fidelity-test-key", "ANTHROPIC_BASE_URL", ""),
+    "google": ("GOOGLE_API_KEY", "AIzaFidelityTestKey0000000000000000000", "GOOGLE_BASE_URL", ""),
+}
+
+
+def run_runtime(bin_path: Any, base: str, provider: str, mdl: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Runs `polydev-runtime` for one job against the emulator at `base`; its NDJSON events."""
+    import subprocess
+
+    key_var, key, url_var, suffix = RUNTIME_KEYS[provider]
+    full = {"PROVIDER": provider, key_var: key, url_var: base + suffix, "MODEL": mdl, "USER_ID": "fidelity", **env}
+    proc = subprocess.run([str(bin_path)], env=full, capture_output=True, timeout=30, check=False)
+    events = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+    assert events and events[-1]["type"] in ("end", "error"), (proc.stdout, proc.stderr)
+    return events

@@ -132,6 +132,27 @@ def emulator_bin() -> Path:
     return path
 
 
+def _runtime_bin() -> Path:
+    env = os.environ.get("POLYDEV_RUNTIME_BIN")
+    if env:
+        return Path(env)
+    return _emulator_bin().parent / "polydev-runtime"
+
+
+@pytest.fixture(scope="session")
+def runtime_bin() -> Path:
+    """The `polydev-runtime` binary, for tests that compare its events with an SDK's view."""
+    path = _runtime_bin()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.exit(
+            f"polydev-runtime binary not found at {path}.\n"
+            "Build it with `cargo build -p polydev-runtime` (tests/fidelity/run.sh does), "
+            "or point POLYDEV_RUNTIME_BIN at it.",
+            returncode=3,
+        )
+    return path
+
+
 @pytest.fixture(scope="session")
 def emulator(emulator_bin: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     log_path = tmp_path_factory.mktemp("emulator") / "stderr.log"

@@ -5,7 +5,8 @@
 #   tests/fidelity/run.sh [pytest args...]
 #
 # 1. scripts/setup-python.sh   (project-local .venv with pinned SDKs; fast when done)
-# 2. cargo build -p polydev-emulator   (skipped if POLYDEV_EMULATOR_BIN is set)
+# 2. cargo build -p polydev-emulator -p polydev-runtime   (skipped if POLYDEV_EMULATOR_BIN /
+#    POLYDEV_RUNTIME_BIN are set)
 # 3. pytest -q tests/fidelity
 # Exits non-zero on any failure (including "no tests ran").
 set -euo pipefail
@@ -15,11 +16,16 @@ cd "$ROOT"
 
 "$ROOT/scripts/setup-python.sh"
 
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 if [[ -z "${POLYDEV_EMULATOR_BIN:-}" ]]; then
     cargo build -q -p polydev-emulator
-    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-    [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
     export POLYDEV_EMULATOR_BIN="$TARGET_DIR/debug/polydev-emulator"
+fi
+# The runtime too: test_capabilities.py compares its events with what each SDK surfaces.
+if [[ -z "${POLYDEV_RUNTIME_BIN:-}" ]]; then
+    cargo build -q -p polydev-runtime
+    export POLYDEV_RUNTIME_BIN="$TARGET_DIR/debug/polydev-runtime"
 fi
 
 # Belt and braces (conftest.py also scrubs these and refuses non-loopback
