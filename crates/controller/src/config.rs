@@ -88,8 +88,11 @@ pub const DEFAULT_RETAINED_BYTES: u64 = 512 * 1024 * 1024;
 /// 40 bytes of framing per delta; 8 MiB leaves a wide margin. Beyond it the execution is
 /// stopped with an error rather than growing without bound.
 pub const DEFAULT_MAX_EVENT_LOG_BYTES: u64 = 8 * 1024 * 1024;
-/// Request bodies (a job with a long conversation). axum's own default is 2 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// Request bodies: a job with a long conversation and base64 images (one image may be 20 MiB
+/// decoded, 26.7 MiB as base64; DESIGN.md 4.5). Equal to the runtime's largest job line, so
+/// whatever the runtime accepts the controller accepts too. axum's own default is 2 MiB; lower
+/// it with `POLYDEV_MAX_BODY_BYTES` where jobs carry no images.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 /// Open SSE responses at most; more get `503`.
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 /// A request's head must arrive within this of the connection opening or of the previous
@@ -110,8 +113,13 @@ pub const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// A safety net for every backend: an execution running longer than this is cancelled
 /// (`timeout`). The runtime's own total timeout defaults to 600 s.
 pub const DEFAULT_MAX_EXECUTION_TIME: Duration = Duration::from_secs(660);
-/// `GET /v1/executions/{id}` returns at most this much accumulated text.
+/// `GET /v1/executions/{id}` returns at most this much accumulated text (and as much refusal
+/// text).
 pub const MAX_STATUS_TEXT_BYTES: usize = 1024 * 1024;
+/// `GET /v1/executions/{id}` lists at most this many tool calls, of at most this many bytes of
+/// arguments in all; beyond them `tool_calls_truncated` is set.
+pub const MAX_STATUS_TOOL_CALLS: usize = 128;
+pub const MAX_STATUS_TOOL_CALL_BYTES: usize = 1024 * 1024;
 /// Targets of one `POST /v1/perspectives`.
 pub const MAX_PERSPECTIVE_TARGETS: usize = 16;
 /// `user_id` length bound (it is stored and logged).
@@ -378,8 +386,8 @@ pub struct ServeArgs {
     #[arg(long, env = ENV_MAX_EVENT_LOG_BYTES, value_parser = parse_size, default_value = "8M")]
     pub max_event_log_bytes: u64,
 
-    /// Request body size at most (e.g. 4M).
-    #[arg(long, env = ENV_MAX_BODY_BYTES, value_parser = parse_size, default_value = "4M")]
+    /// Request body size at most (e.g. 4M); 32M fits a job with a 20 MiB base64 image.
+    #[arg(long, env = ENV_MAX_BODY_BYTES, value_parser = parse_size, default_value = "32M")]
     pub max_body_bytes: u64,
 
     /// Open event streams at most.

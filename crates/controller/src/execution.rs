@@ -14,12 +14,12 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use polydev_protocol::{ErrorEvent, Event, FinishReason, Provider, Usage};
+use polydev_protocol::{ErrorEvent, Event, FinishReason, Provider, ToolCall, Usage};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::config::MAX_STATUS_TEXT_BYTES;
+use crate::config::{MAX_STATUS_TEXT_BYTES, MAX_STATUS_TOOL_CALL_BYTES, MAX_STATUS_TOOL_CALLS};
 
 /// Where an execution is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -140,6 +140,10 @@ struct State {
     log_bytes: u64,
     text: String,
     text_truncated: bool,
+    refusal: String,
+    tool_calls: Vec<ToolCall>,
+    tool_call_bytes: usize,
+    tool_calls_truncated: bool,
     usage: Option<Usage>,
     finish_reason: Option<FinishReason>,
     error: Option<ErrorEvent>,
@@ -164,6 +168,14 @@ pub struct ExecutionView {
     /// The accumulated answer (`null` once the events are no longer retained).
     pub text: Option<String>,
     pub text_truncated: bool,
+    /// The refusal text, when the provider marked the answer as a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// The tool calls the model made, in order (`tool_call` events).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tool_calls_truncated: bool,
     pub usage: Option<Usage>,
     pub finish_reason: Option<FinishReason>,
     pub error: Option<ErrorView>,
@@ -189,6 +201,22 @@ pub struct ErrorView {
     pub retryable: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+}
+
+/// Appends as much of `more` as fits in `limit` bytes (on a character boundary); false if
+/// something was cut.
+fn push_bounded(buf: &mut String, more: &str, limit: usize) -> bool {
+    let room = limit.saturating_sub(buf.len());
+    if more.len() <= room {
+        buf.push_str(more);
+        return true;
+    }
+    let mut cut = room;
+    while !more.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    buf.push_str(&more[..cut]);
+    false
 }
 
 pub fn events_url(id: &str) -> String {
@@ -218,6 +246,10 @@ impl Execution {
                 log_bytes: 0,
                 text: String::new(),
                 text_truncated: false,
+                refusal: String::new(),
+                tool_calls: Vec::new(),
+                tool_call_bytes: 0,
+                tool_calls_truncated: false,
                 usage: None,
                 finish_reason: None,
                 error: None,
@@ -274,21 +306,33 @@ impl Execution {
             Event::Text { text } => {
                 s.output_started = true;
                 s.first_output.get_or_insert(now);
-                let room = MAX_STATUS_TEXT_BYTES.saturating_sub(s.text.len());
-                if text.len() <= room {
-                    s.text.push_str(text);
-                } else {
-                    let mut cut = room;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    s.text.push_str(&text[..cut]);
+                if !push_bounded(&mut s.text, text, MAX_STATUS_TEXT_BYTES) {
                     s.text_truncated = true;
                 }
             }
-            Event::Reasoning { .. } | Event::ToolCall(_) | Event::Refusal { .. } => {
+            Event::Reasoning { .. } => {
                 s.output_started = true;
                 s.first_output.get_or_insert(now);
+            }
+            Event::Refusal { text } => {
+                s.output_started = true;
+                s.first_output.get_or_insert(now);
+                if !push_bounded(&mut s.refusal, text, MAX_STATUS_TEXT_BYTES) {
+                    s.text_truncated = true;
+                }
+            }
+            Event::ToolCall(call) => {
+                s.output_started = true;
+                s.first_output.get_or_insert(now);
+                let size = call.id.len() + call.name.len() + call.arguments.len();
+                if s.tool_calls.len() < MAX_STATUS_TOOL_CALLS
+                    && s.tool_call_bytes + size <= MAX_STATUS_TOOL_CALL_BYTES
+                {
+                    s.tool_call_bytes += size;
+                    s.tool_calls.push(call.clone());
+                } else {
+                    s.tool_calls_truncated = true;
+                }
             }
             Event::Usage(u) => s.usage = Some(u.clone()),
             Event::End { finish_reason, .. } => s.finish_reason = Some(*finish_reason),
@@ -451,6 +495,9 @@ impl Execution {
             status: s.status,
             text: Some(s.text.clone()),
             text_truncated: s.text_truncated,
+            refusal: (!s.refusal.is_empty()).then(|| s.refusal.clone()),
+            tool_calls: s.tool_calls.clone(),
+            tool_calls_truncated: s.tool_calls_truncated,
             usage: s.usage.clone(),
             finish_reason: s.finish_reason,
             error: s.error.as_ref().map(|e| ErrorView {

@@ -255,3 +255,186 @@ async fn perspectives_over_real_runtimes() {
         .unwrap();
     assert!(w.backend.child_pids().is_empty());
 }
+
+/// DESIGN.md 4.5 through the controller: a job with an image, tools and a reasoning effort
+/// flows to the runtime unchanged, the `tool_call` / signed `reasoning` / `refusal` events are
+/// relayed like any other (SSE and resume), the status document lists the tool calls and the
+/// refusal text, and perspectives targets take the fields shared or per target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_images_reasoning_and_refusals_through_the_controller() {
+    let mut w = world(0).await;
+    let png = "iVBORw0KGgoAAAANSUhEUg==";
+    for p in Provider::ALL {
+        let mut job = job_for(p, &model(p, "think3-tools2-argsplit2"));
+        let obj = job.as_object_mut().unwrap();
+        obj.remove("prompt");
+        obj.insert(
+            "messages".into(),
+            json!([{"role": "user", "content": [
+            {"type": "text", "text": "Weather here?"},
+            {"type": "image", "media_type": "image/png", "data": png}]}]),
+        );
+        obj.insert(
+            "tools".into(),
+            json!([{"name": "get_weather", "parameters": {"type": "object"}}]),
+        );
+        obj.insert("tool_choice".into(), json!("required"));
+        obj.insert("reasoning".into(), json!({"effort": "low"}));
+        let res = send(
+            w.server.addr,
+            Method::POST,
+            "/v1/executions",
+            &[SSE],
+            Some(job),
+        )
+        .await;
+        let events = SseReader::new(res).rest().await;
+        let id = events[0].data["execution_id"].as_str().unwrap().to_owned();
+        let calls: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e.event == "tool_call")
+            .map(|e| &e.data)
+            .collect();
+        assert_eq!(calls.len(), 2, "{p}: {events:?}");
+        for (i, c) in calls.iter().enumerate() {
+            assert_eq!(c["name"], "get_weather");
+            assert_eq!(c["arguments"], polydev_test_support::tool_call_arguments(i));
+        }
+        if p != Provider::OpenAi {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.event == "reasoning" && e.data["signature"].is_string()),
+                "{p}"
+            );
+        }
+        let end = events.iter().find(|e| e.event == "end").unwrap();
+        assert_eq!(end.data["finish_reason"], "tool_calls");
+        // Resume from the start: the same events, tool calls included.
+        let res = send(
+            w.server.addr,
+            Method::GET,
+            &format!("/v1/executions/{id}/events"),
+            &[SSE],
+            None,
+        )
+        .await;
+        let again = SseReader::new(res).rest().await;
+        assert_eq!(again.len(), events.len());
+        assert!(again.iter().zip(&events).all(|(a, b)| a.data == b.data));
+        // The status document lists the calls.
+        let res = send(
+            w.server.addr,
+            Method::GET,
+            &format!("/v1/executions/{id}"),
+            &[],
+            None,
+        )
+        .await;
+        let status: serde_json::Value = serde_json::from_slice(
+            &http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            status["tool_calls"].as_array().unwrap().len(),
+            2,
+            "{status}"
+        );
+        assert_eq!(
+            status["tool_calls"][1]["arguments"],
+            polydev_test_support::tool_call_arguments(1)
+        );
+        assert_eq!(status["finish_reason"], "tool_calls");
+        // What reached the provider: the image and the tool in its shape.
+        let sent = w.emu.requests().last().unwrap().body.to_string();
+        assert!(
+            sent.contains(png) && sent.contains("get_weather"),
+            "{p}: {sent}"
+        );
+    }
+    // A refusal: relayed, and in the status document.
+    let job = job_for(Provider::OpenAi, &model(Provider::OpenAi, "refuse-len4"));
+    let res = send(
+        w.server.addr,
+        Method::POST,
+        "/v1/executions",
+        &[SSE],
+        Some(job),
+    )
+    .await;
+    let events = SseReader::new(res).rest().await;
+    let id = events[0].data["execution_id"].as_str().unwrap().to_owned();
+    let refusal: String = events
+        .iter()
+        .filter(|e| e.event == "refusal")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(refusal, answer_text(4));
+    let res = send(
+        w.server.addr,
+        Method::GET,
+        &format!("/v1/executions/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    let status: serde_json::Value = serde_json::from_slice(
+        &http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status["refusal"], answer_text(4));
+    assert_eq!(status["finish_reason"], "content_filter");
+    // Perspectives: tools shared, a per-target response format.
+    let body = json!({
+        "user_id": "u1",
+        "prompt": "Weather?",
+        "tools": [{"name": "get_weather"}],
+        "targets": Provider::ALL.iter().map(|p| json!({
+            "provider": p.as_str(),
+            "model": model(*p, "tools1"),
+            "credentials": {"api_key": fake_key(*p)},
+            "stop": ["\n\nUser:"],
+        })).collect::<Vec<_>>(),
+    });
+    let res = send(
+        w.server.addr,
+        Method::POST,
+        "/v1/perspectives",
+        &[SSE],
+        Some(body),
+    )
+    .await;
+    let events = SseReader::new(res).rest().await;
+    for target in 0..3u64 {
+        assert!(
+            events.iter().any(|e| e.data["target"] == target
+                && e.event == "tool_call"
+                && e.data["name"] == "get_weather"),
+            "target {target}: {events:?}"
+        );
+    }
+    // A validation mistake is a 400 before any execution starts.
+    let mut job = job_for(Provider::Anthropic, "m");
+    job["tool_choice"] = json!({"name": "nope"});
+    let res = send(
+        w.server.addr,
+        Method::POST,
+        "/v1/executions",
+        &[SSE],
+        Some(job),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    w.server.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), &mut w.server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -299,8 +299,12 @@ fn record_view(r: Record) -> ExecutionView {
         provider,
         model: r.model,
         status: Status::parse(&r.status).unwrap_or(Status::Failed),
+        // The store keeps no output (DESIGN.md 5: prompts and answers are not stored).
         text: None,
         text_truncated: false,
+        refusal: None,
+        tool_calls: Vec::new(),
+        tool_calls_truncated: false,
         usage: r.usage,
         finish_reason,
         error: r.error_kind.map(|kind| ErrorView {
