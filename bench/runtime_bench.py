@@ -42,6 +42,16 @@ from pathlib import Path
 from typing import Any
 
 PROVIDERS = ("openai", "anthropic", "google")
+# Runtime-only workloads beyond plain text (DESIGN.md 4.5), measured next to the plain one:
+#   tool:  TOOL_CALLS parallel tool calls whose arguments stream one byte per delta (OpenAI
+#          interleaved by index, Anthropic one input_json_delta per byte, Gemini whole),
+#          about 780 deltas in all on OpenAI and Anthropic;
+#   image: the 1000-chunk answer to a job carrying an IMAGE_BYTES PNG inline (base64, through
+#          `run --job -` on stdin: an environment variable cannot hold it).
+CAPABILITY_WORKLOADS = ("tool", "image")
+TOOL_CALLS = 8
+IMAGE_BYTES = 512 * 1024
+WORKLOAD_LABELS = {"runtime": "", "tool": " — tool calls", "image": " — 512 KiB image"}
 PROMPT = "Write a long answer for the benchmark."
 MIB = 1024 * 1024
 PROCESS_TIMEOUT_S = 60.0
@@ -137,7 +147,7 @@ class BenchError(Exception):
 
 @dataclass
 class Sample:
-    workload: str  # runtime | sdk
+    workload: str  # runtime | sdk | tool | image
     provider: str
     mode: str  # timing | rss
     exit_code: int
@@ -214,6 +224,12 @@ class Bench:
         self.expected = emu.answer_text(args.chunks)
         if not self.expected:
             raise BenchError("emulator returned an empty answer text")
+        # A PNG signature and header, then deterministic filler: the emulator checks the format.
+        import base64
+        import random
+        rng = random.Random(11)
+        png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(rng.getrandbits(8) for _ in range(IMAGE_BYTES - 16))
+        self.image_b64 = base64.b64encode(png).decode()
 
     # -- command lines ---------------------------------------------------------------------
 
@@ -247,9 +263,32 @@ class Bench:
 
     # -- one run -----------------------------------------------------------------------------
 
+    def capability_cmd(self, workload: str, provider: str, model: str) -> tuple[list[str], dict[str, str], bytes | None]:
+        argv, env = self.runtime_cmd(provider, model)
+        if workload == "tool":
+            env["TOOLS"] = json.dumps([{"name": "get_weather", "parameters": {"type": "object"}}])
+            return argv, env, None
+        # image: the whole job on stdin; the base URL stays in the environment.
+        key = next(v for k, v in env.items() if k.endswith("_API_KEY"))
+        job = {
+            "provider": provider, "model": model, "user_id": "bench",
+            "credentials": {"api_key": key},
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": PROMPT},
+                {"type": "image", "media_type": "image/png", "data": self.image_b64},
+            ]}],
+        }
+        env = {k: v for k, v in env.items() if not k.endswith("_API_KEY") and k not in ("PROMPT", "MODEL", "PROVIDER")}
+        return [*argv, "run", "--job", "-"], env, (json.dumps(job) + "\n").encode()
+
     def run(self, workload: str, provider: str, mode: str) -> Sample:
-        model = f"emu-len{self.args.chunks}-nonce{uuid.uuid4().hex[:10]}"
-        argv, env = (self.runtime_cmd if workload == "runtime" else self.sdk_cmd)(provider, model)
+        knobs = f"tools{TOOL_CALLS}-argsplit1-interleave" if workload == "tool" else f"len{self.args.chunks}"
+        model = f"emu-{knobs}-nonce{uuid.uuid4().hex[:10]}"
+        stdin_bytes = None
+        if workload in CAPABILITY_WORKLOADS:
+            argv, env, stdin_bytes = self.capability_cmd(workload, provider, model)
+        else:
+            argv, env = (self.runtime_cmd if workload == "runtime" else self.sdk_cmd)(provider, model)
         rss_file = None
         if mode == "rss":
             fd, rss_file = tempfile.mkstemp(prefix="bench-rss-", suffix=".txt")
@@ -260,12 +299,20 @@ class Bench:
         with tempfile.TemporaryFile() as err:
             t0_ns = time.time_ns()
             p0 = time.perf_counter_ns()
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            stdin = subprocess.PIPE if stdin_bytes is not None else subprocess.DEVNULL
+            proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=err)
             timer = threading.Timer(PROCESS_TIMEOUT_S, proc.kill)
             timer.start()
             try:
+                if stdin_bytes is not None:
+                    assert proc.stdin is not None
+                    # The job is read before the request goes out; write it whole, then EOF.
+                    feeder = threading.Thread(target=lambda: (proc.stdin.write(stdin_bytes), proc.stdin.close()))
+                    feeder.start()
                 assert proc.stdout is not None
                 out = proc.stdout.read()
+                if stdin_bytes is not None:
+                    feeder.join()
                 _, status, ru = os.wait4(proc.pid, 0)
                 p1 = time.perf_counter_ns()
             finally:
@@ -316,14 +363,26 @@ class Bench:
                 fail(f"stdout line {i + 1} is not JSON: {line[:200]!r}")
         if not events or events[-1].get("type") != "end":
             fail(f"last event is not `end`: {events[-1] if events else None}")
-        texts = [e["text"] for e in events if e.get("type") == "text"]
-        s.text_events = len(texts)
-        if len(texts) != self.args.chunks:
-            fail(f"{len(texts)} text events, expected {self.args.chunks}")
-        if "".join(texts) != self.expected:
-            fail("streamed text differs from the emulator's answer text")
+        if s.workload == "tool":
+            calls = [e for e in events if e.get("type") == "tool_call"]
+            s.text_events = len(calls)
+            want = [tool_call_arguments(i) for i in range(TOOL_CALLS)]
+            if [c["arguments"] for c in calls] != want or any(c["name"] != "get_weather" for c in calls):
+                fail(f"tool calls differ from the emulator's: {calls[:2]}")
+            if events[-1].get("finish_reason") != "tool_calls":
+                fail(f"finish_reason {events[-1].get('finish_reason')}, expected tool_calls")
+        else:
+            texts = [e["text"] for e in events if e.get("type") == "text"]
+            s.text_events = len(texts)
+            if len(texts) != self.args.chunks:
+                fail(f"{len(texts)} text events, expected {self.args.chunks}")
+            if "".join(texts) != self.expected:
+                fail("streamed text differs from the emulator's answer text")
         reqs = self.emu.requests()
-        if len(reqs) != 1 or reqs[0].get("model") != model:
+        # The emulator records no body above 256 KiB (the image job): the model name of such a
+        # request is unknown there, and its size proves the image went out.
+        big = s.workload == "image" and len(reqs) == 1 and reqs[0].get("body_bytes", 0) > IMAGE_BYTES
+        if len(reqs) != 1 or (reqs[0].get("model") != model and not big):
             fail(f"expected exactly 1 request for {model} at the emulator, saw {[r.get('model') for r in reqs]}")
         st = self.emu.status()
         if st["completed_streams"] != 1 or st["client_disconnects"] != 0 or st["aborted_streams"] != 0:
@@ -356,7 +415,7 @@ def summarize(samples: list[Sample]) -> dict[str, dict[str, dict[str, dict[str, 
     """summary[provider][workload][metric] = stat."""
     out: dict[str, Any] = {}
     for provider in PROVIDERS:
-        for workload in ("runtime", "sdk"):
+        for workload in ("runtime", "sdk", *CAPABILITY_WORKLOADS):
             for key, _label, _unit, mode, get in METRICS:
                 vals = [get(s) for s in samples if s.provider == provider and s.workload == workload and s.mode == mode]
                 if vals:
@@ -389,17 +448,30 @@ def table_rows(summary: dict) -> list[list[str]]:
     for provider in PROVIDERS:
         if provider not in summary:
             continue
-        for key, label, unit, _mode, _get in METRICS:
-            rt = summary[provider].get("runtime", {}).get(key)
-            sdk = summary[provider].get("sdk", {}).get(key)
-            rows.append([
-                provider,
-                f"{label} ({unit})",
-                cell(rt) if rt else "–",
-                cell(sdk) if sdk else "–",
-                ratio(summary, provider, key),
-            ])
+        for workload in ("runtime", *CAPABILITY_WORKLOADS):
+            if workload not in summary[provider]:
+                continue
+            for key, label, unit, _mode, _get in METRICS:
+                if workload != "runtime" and key not in ("rss", "cpu"):
+                    continue
+                rt = summary[provider][workload].get(key)
+                sdk = summary[provider].get("sdk", {}).get(key) if workload == "runtime" else None
+                rows.append([
+                    provider,
+                    f"{label} ({unit}){WORKLOAD_LABELS[workload]}",
+                    cell(rt) if rt else "–",
+                    cell(sdk) if sdk else "–",
+                    ratio(summary, provider, key) if workload == "runtime" else "–",
+                ])
     return rows
+
+
+def tool_call_arguments(i: int) -> str:
+    """The emulator's `polydev_emulator::tool_call_arguments(i)` (serde_json, sorted keys)."""
+    return json.dumps(
+        {"city": "Paris", "call": i, "note": 'a "quoted" {brace} ] café ☕', "nested": {"list": [1, {"x": None}]}},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
 
 
 HEADER = ["provider", "metric", "polydev-runtime median (min–max)", "Python SDK median (min–max)", "SDK / runtime"]
@@ -608,6 +680,13 @@ def write_markdown(path: Path, ctx: dict[str, Any]) -> None:
       "streaming with the SDK's iterator (OpenAI `chat.completions.create(stream=True)`, "
       "Anthropic raw `messages.create(stream=True)`, google-genai `generate_content_stream`) "
       "and writing one flushed NDJSON line per text chunk, like the runtime.")
+    a("- Beyond plain text (runtime only; rows marked *tool calls* and *512 KiB image*): "
+      f"`tool` answers with {TOOL_CALLS} parallel tool calls whose arguments stream one byte per "
+      "delta (`tools8-argsplit1-interleave`: about 780 deltas on OpenAI and Anthropic; Gemini "
+      "sends calls whole, in one chunk), checked call by call against the emulator's arguments "
+      "and `finish_reason: tool_calls`; `image` is the plain 1000-chunk answer to a job carrying "
+      "a 512 KiB PNG inline (700 KiB of base64, through `run --job -` on stdin), checked like the "
+      "plain run. The plain-text rows are the ones the targets apply to.")
     a("- Every run is checked: exit 0, `end` last, exactly 1000 text events whose concatenation "
       "equals the emulator's answer text, one request at the emulator, one completed stream, no "
       "client disconnect. A failed run fails the benchmark.")
@@ -643,6 +722,7 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=1000)
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--no-sdk", action="store_true", help="measure the runtime only")
+    ap.add_argument("--no-capabilities", action="store_true", help="skip the tool-call and image workloads")
     ap.add_argument("--out", default=str(root / "docs/benchmarks.md"), help="Markdown report ('' to skip)")
     ap.add_argument("--json", default=str(root / "bench/results/latest.json"), help="raw samples ('' to skip)")
     ap.add_argument("--file-out", default="", help="`file` output for the binary (from bench.sh)")
@@ -661,6 +741,8 @@ def main() -> int:
             print(f"bench: missing executable {f}", file=sys.stderr)
             return 1
     workloads = ["runtime"] if args.no_sdk else ["runtime", "sdk"]
+    if not args.no_capabilities:
+        workloads += CAPABILITY_WORKLOADS
 
     started = time.monotonic()
     load_before = os.getloadavg()
