@@ -28,6 +28,7 @@
 //! driver's `image`/`args`/`command` matter (the rest of `Config` is stored, not enforced).
 //! It listens on loopback only.
 
+mod admission;
 mod http;
 mod keys;
 mod runner;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+pub use admission::check_job;
 pub use signer::SigningAlg;
 
 use crate::config::NomadConfig;
@@ -66,6 +68,27 @@ pub struct FakeConfig {
     pub start_delay: Duration,
     /// Extra environment for every task (tests: e.g. `EXTRA_CA_CERTS`).
     pub extra_env: Vec<(String, String)>,
+    /// The cluster's scheduler has memory oversubscription enabled. Nomad's default is off,
+    /// and then registering a job whose task sets `MemoryMaxMB` returns a warning
+    /// (nomad/job_endpoint_hooks.go:617-645).
+    pub memory_oversubscription: bool,
+    /// Order of `GET /v1/job/:id/allocations`.
+    pub alloc_order: AllocOrder,
+    /// Pause between truncating a token file and writing the new token when identities are
+    /// renewed, to widen the window in which a reader sees it empty (tests of readers).
+    pub token_write_pause: Duration,
+}
+
+/// The order in which the fake lists a job's allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocOrder {
+    /// By allocation ID, i.e. random with respect to creation: what Nomad does, iterating the
+    /// non-unique `job` index of its `allocs` table, whose ties go by the UUID primary key
+    /// (nomad/state/state_store.go:4616-4654; go-memdb semantics, inferred).
+    #[default]
+    ById,
+    /// Newest first: a replacement before the allocation it replaces (a test's worst case).
+    NewestFirst,
 }
 
 impl FakeConfig {
@@ -77,10 +100,14 @@ impl FakeConfig {
             datacenter: "dc1".into(),
             signing: SigningAlg::Rs256,
             heartbeat_interval: Duration::from_secs(30),
-            event_buffer_size: 1000,
+            // Nomad's `event_buffer_size` default (command/agent/config.go:1883).
+            event_buffer_size: 100,
             schedule_delay: Duration::from_millis(5),
             start_delay: Duration::from_millis(5),
             extra_env: Vec::new(),
+            memory_oversubscription: false,
+            alloc_order: AllocOrder::ById,
+            token_write_pause: Duration::ZERO,
         }
     }
 }
@@ -170,7 +197,10 @@ impl JobRec {
 pub(crate) enum AllocCommand {
     Run,
     Stop,
+    /// Its node went down: the allocation becomes `lost` and Nomad places a replacement.
     Lose,
+    /// The fake is going away: killed and marked `lost`, nothing replaced.
+    Kill,
 }
 
 pub(crate) struct AllocRec {
@@ -370,8 +400,13 @@ impl FakeNomad {
         self.shared.lock().knobs.fail_placements += n;
     }
 
-    /// Loses an allocation mid-run (its node went down): the process is killed and the
-    /// allocation becomes `lost`. Returns false if it is unknown or already terminal.
+    /// Loses an allocation mid-run (its node went down): the process is killed, the
+    /// allocation becomes `lost` (`DesiredStatus: stop`, `DesiredDescription` "alloc is lost
+    /// since its node is down", `ClientDescription` left as it was: nomad/structs/plan.go:
+    /// 155-181) and, as Nomad does whatever the reschedule policy says, a replacement
+    /// allocation of the same job is placed in the same plan, with `PreviousAllocation` set
+    /// (scheduler/reconciler/reconcile_cluster.go:866-876, 933-943; unless the job is stopped).
+    /// Returns false if it is unknown or already terminal.
     pub fn lose_allocation(&self, alloc_id: &str) -> bool {
         let st = self.shared.lock();
         match st.allocs.get(alloc_id) {
@@ -387,7 +422,10 @@ impl FakeNomad {
     }
 
     /// Re-signs every live allocation's identities (new `iat`/`exp`/`jti`) and rewrites the
-    /// token files, as a Nomad client renewing identities does.
+    /// token files in place (truncate, then write, pausing `token_write_pause` in between), as
+    /// a Nomad client renewing identities does: `users.WriteFileFor` falls back to
+    /// `os.WriteFile` when the task's `user` is not a host user name, as `65534:65534` is not
+    /// (helper/users/lookup.go:69-103). A reader can see the file empty or half-written.
     pub fn rotate_identities(&self) -> usize {
         runner::rotate_identities(&self.shared)
     }
@@ -525,7 +563,7 @@ impl FakeNomad {
                 runner::signal(pid, true);
             }
             if let Some(ctl) = &rec.control {
-                ctl.send_replace(AllocCommand::Lose);
+                ctl.send_replace(AllocCommand::Kill);
             }
         }
     }
