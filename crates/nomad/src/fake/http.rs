@@ -127,9 +127,12 @@ async fn route(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    if let Some(status) = fail {
+    if let Some((status, body)) = fail {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return text(status, "fake nomad: injected failure");
+        return text(
+            status,
+            body.unwrap_or_else(|| "fake nomad: injected failure".into()),
+        );
     }
     if path == "/.well-known/jwks.json" {
         let jwks = shared.signer().jwks();

@@ -131,6 +131,8 @@ struct FailRule {
     path_contains: Option<String>,
     status: u16,
     remaining: usize,
+    /// The body answered; a generic message if `None`.
+    body: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -153,12 +155,12 @@ pub(crate) struct Knobs {
 }
 
 impl Knobs {
-    fn take_fail(&mut self, path: &str) -> Option<u16> {
+    fn take_fail(&mut self, path: &str) -> Option<(u16, Option<String>)> {
         let rule = self.fail.iter_mut().find(|r| {
             r.remaining > 0 && r.path_contains.as_deref().is_none_or(|p| path.contains(p))
         })?;
         rule.remaining -= 1;
-        Some(rule.status)
+        Some((rule.status, rule.body.clone()))
     }
 
     fn take_delay(&mut self, path: &str, after: bool) -> Option<Duration> {
@@ -360,6 +362,18 @@ impl FakeNomad {
             path_contains: (!path_contains.is_empty()).then(|| path_contains.to_owned()),
             status,
             remaining: n,
+            body: None,
+        });
+    }
+
+    /// Like [`FakeNomad::fail_requests_matching`], answering `body` (e.g. one of Nomad's
+    /// validation errors).
+    pub fn fail_requests_with(&self, path_contains: &str, n: usize, status: u16, body: &str) {
+        self.shared.lock().knobs.fail.push(FailRule {
+            path_contains: (!path_contains.is_empty()).then(|| path_contains.to_owned()),
+            status,
+            remaining: n,
+            body: Some(body.to_owned()),
         });
     }
 
