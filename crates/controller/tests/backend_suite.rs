@@ -969,6 +969,14 @@ mod nomad_only {
         else {
             return;
         };
+        // Nomad's registration warning (memory oversubscription is off by default) is logged.
+        let logged = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+        assert!(
+            logged.contains("WARN")
+                && logged.contains("Nomad registered the runtime job with warnings")
+                && logged.contains("Memory oversubscription is not enabled"),
+            "the registration warning was not logged"
+        );
         let fake = fake_of(w.built.probe.as_ref());
         let client = polydev_nomad::NomadClient::new(fake.client_config()).unwrap();
         let mut events = client
