@@ -17,16 +17,28 @@
 //! `ClientStatus` (pending → running → complete/failed, or lost), and stops processes with
 //! SIGTERM then SIGKILL after `KillTimeout` when a job is stopped.
 //!
-//! Failure knobs: API errors (500 or any status) and slow responses for the next N requests
-//! (optionally only on paths containing a string), allocations that fail to start (driver
-//! failure), placements that fail (blocked evaluation), allocations lost mid-run, identity and
-//! signing-key rotation, and minting arbitrary tokens.
+//! It is as strict as Nomad where that matters (issue 10; `shared/reference/nomad-fidelity.md`):
+//! registration canonicalizes and validates the job as Nomad does and answers a refusal with
+//! Nomad's HTTP 500 and text, and memory oversubscription (off by default, as in Nomad) with
+//! Nomad's warning (`admission`); a lost allocation is replaced in the same plan whatever the
+//! reschedule policy; a job's allocations are listed by ID (random with respect to creation,
+//! [`AllocOrder`]); token files are rewritten in place, not atomically; `sub` carries the
+//! parent job's ID; the event stream sends `{}` on connect; blocking queries stop at 300 s; the
+//! event buffer keeps 100 frames.
+//!
+//! Failure knobs: API errors (500 or any status, optionally with a given body) and slow
+//! responses for the next N requests (optionally only on paths containing a string),
+//! allocations that fail to start (driver failure), placements that fail (blocked evaluation),
+//! allocations lost mid-run (and replaced), identity and signing-key rotation (with a pause
+//! inside the in-place write), and minting arbitrary tokens.
 //!
 //! Where it is simpler than Nomad (documented, not hidden): one node; no Raft, so indexes are
 //! one counter; allocation status updates are immediate (Nomad batches them every 200 ms); a
-//! purged job's terminal allocations are garbage collected at once; only the docker task
-//! driver's `image`/`args`/`command` matter (the rest of `Config` is stored, not enforced).
-//! It listens on loopback only.
+//! purged job's terminal allocations are garbage collected at once (Nomad keeps allocations and
+//! evaluations until its core GC); admission checks only the rules a runtime-like job can trip
+//! (`admission` lists them); only the docker task driver's `image`/`args`/`command` matter (the
+//! rest of `Config` is stored, not enforced: no `allow_runtimes`, no capabilities); no
+//! `disconnect` block (`unknown` allocations). It listens on loopback only.
 
 mod admission;
 mod http;
