@@ -1007,7 +1007,10 @@ mod nomad_only {
         let last = rest.last().unwrap();
         assert_eq!(last.event, "error", "{last:?}");
         let msg = last.data["message"].as_str().unwrap_or_default();
-        assert!(msg.contains("alloc is lost since its node is down"), "{msg}");
+        assert!(
+            msg.contains("alloc is lost since its node is down"),
+            "{msg}"
+        );
         assert_eq!(w.outcome(&id).await["status"], "failed");
         // The replacement was placed (naming the lost one), then stopped by the backend.
         let mut replacement: Option<polydev_nomad::types::Allocation> = None;
@@ -1033,7 +1036,10 @@ mod nomad_only {
         assert_eq!(w.emu.status().total_streams, 1);
         w.shutdown().await;
         assert_eq!(w.built.probe.leftovers(), Vec::<String>::new());
-        eventually("the upstream is closed", || w.emu.status().open_streams == 0).await;
+        eventually("the upstream is closed", || {
+            w.emu.status().open_streams == 0
+        })
+        .await;
     }
 
     /// Nomad renews identities by rewriting the token file in place, so a runtime can read it
@@ -1086,7 +1092,10 @@ mod nomad_only {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = renewals.await.unwrap();
-        assert!(written >= 10, "only {written} token files rewritten: no race");
+        assert!(
+            written >= 10,
+            "only {written} token files rewritten: no race"
+        );
         w.shutdown().await;
         assert_eq!(w.built.probe.leftovers(), Vec::<String>::new());
     }

@@ -210,7 +210,10 @@ async fn a_lost_allocation_ends_the_execution() {
         .await
         .expect("hung after the allocation was lost");
     let msg = last_error(&rest);
-    assert!(msg.contains("alloc is lost since its node is down"), "{msg}");
+    assert!(
+        msg.contains("alloc is lost since its node is down"),
+        "{msg}"
+    );
     w.shutdown().await;
 }
 
@@ -278,7 +281,10 @@ async fn a_nomad_that_does_not_answer_fails_the_start_clearly() {
     )
     .await;
     let msg = started.unwrap_err();
-    assert!(msg.contains("cannot register the Nomad job polydev-runtime"), "{msg}");
+    assert!(
+        msg.contains("cannot register the Nomad job polydev-runtime"),
+        "{msg}"
+    );
     assert!(msg.contains("timed out"), "{msg}");
     assert!(fake.jobs().is_empty());
 }
@@ -291,10 +297,16 @@ async fn a_job_nomad_refuses_fails_the_start_with_nomads_message_at_once() {
         occurred:\n\t* Task runtime validation failed: 1 error occurred:\n\t* 1 error \
         occurred:\n\t* log storage (100 MB) must be less than requested disk capacity (10 MB)\
         \n\n\n\n\n\n\n\n";
-    let (fake, started) =
-        start_against(|fake| fake.fail_requests_with("/v1/jobs", 5, 500, refusal), |_| {}).await;
+    let (fake, started) = start_against(
+        |fake| fake.fail_requests_with("/v1/jobs", 5, 500, refusal),
+        |_| {},
+    )
+    .await;
     let msg = started.unwrap_err();
-    assert!(msg.contains("Nomad refused the runtime job polydev-runtime"), "{msg}");
+    assert!(
+        msg.contains("Nomad refused the runtime job polydev-runtime"),
+        "{msg}"
+    );
     assert!(
         msg.contains("log storage (100 MB) must be less than requested disk capacity (10 MB)"),
         "{msg}"

@@ -505,14 +505,19 @@ mod tests {
         let job = runtime_job(&cfg()).unwrap();
         let g = &job["Job"]["TaskGroups"][0];
         let logs = &g["Tasks"][0]["LogConfig"];
-        let files = logs["MaxFiles"].as_u64().expect("MaxFiles is sent, else Nomad uses 10");
+        let files = logs["MaxFiles"]
+            .as_u64()
+            .expect("MaxFiles is sent, else Nomad uses 10");
         let size = logs["MaxFileSizeMB"]
             .as_u64()
             .expect("MaxFileSizeMB is sent, else Nomad uses 10");
         let disk = g["EphemeralDisk"]["SizeMB"].as_u64().unwrap();
         assert!(files >= 1 && size >= 1, "Nomad's minimums");
         assert!(disk >= 10, "Nomad's minimum disk");
-        assert!(disk > files * size, "log storage {files}×{size} MB ≥ disk {disk} MB");
+        assert!(
+            disk > files * size,
+            "log storage {files}×{size} MB ≥ disk {disk} MB"
+        );
     }
 
     #[test]

@@ -223,15 +223,18 @@ async fn a_lost_allocation_is_replaced_as_nomad_does() {
     let original = running[0].id.clone();
     assert!(fake.lose_allocation(&original));
     // Reschedule attempts 0 or not, Nomad places a replacement of a lost allocation.
-    let allocs = wait_allocs(&c, &d.dispatched_job_id, |a| {
-        a.len() == 2 && any_running(a)
-    })
-    .await;
+    let allocs = wait_allocs(&c, &d.dispatched_job_id, |a| a.len() == 2 && any_running(a)).await;
     let lost = allocs.iter().find(|a| a.id == original).unwrap();
     assert_eq!(lost.status(), ClientStatus::Lost);
     assert_eq!(lost.desired_status, "stop");
-    assert_eq!(lost.desired_description, "alloc is lost since its node is down");
-    assert_eq!(lost.client_description, "", "Nomad leaves the client's description");
+    assert_eq!(
+        lost.desired_description,
+        "alloc is lost since its node is down"
+    );
+    assert_eq!(
+        lost.client_description, "",
+        "Nomad leaves the client's description"
+    );
     assert_eq!(
         lost.failure_summary(TASK).unwrap(),
         "allocation lost: alloc is lost since its node is down"
@@ -256,20 +259,21 @@ async fn validation_errors_are_nomads_500_and_not_retried() {
     job["Job"]["TaskGroups"][0]["Tasks"][0]["LogConfig"] = serde_json::json!({"Disabled": true});
     let before = fake.request_count();
     let err = c.register_job(&job).await.unwrap_err();
-    assert!(
-        matches!(err, NomadError::Api { status: 500, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, NomadError::Api { status: 500, .. }), "{err}");
     assert!(err.is_validation(), "{err}");
     assert!(
         err.to_string()
             .contains(&format!("Task {TASK} validation failed"))
             && err
-            .to_string()
-            .contains("log storage (100 MB) must be less than requested disk capacity (10 MB)"),
+                .to_string()
+                .contains("log storage (100 MB) must be less than requested disk capacity (10 MB)"),
         "{err}"
     );
-    assert_eq!(fake.request_count() - before, 1, "a validation error is not retried");
+    assert_eq!(
+        fake.request_count() - before,
+        1,
+        "a validation error is not retried"
+    );
     // An injected 500 without Nomad's validation text is still retried.
     let before = fake.request_count();
     fake.fail_next_requests(1, 500);

@@ -59,7 +59,9 @@ fn the_old_job_is_refused_with_nomads_message() {
 
 #[tokio::test]
 async fn registering_the_old_job_gets_nomads_500_and_the_new_one_a_warning() {
-    let fake = FakeNomad::start(FakeConfig::new("/bin/true")).await.unwrap();
+    let fake = FakeNomad::start(FakeConfig::new("/bin/true"))
+        .await
+        .unwrap();
     let client = NomadClient::new(fake.client_config()).unwrap();
     let before = fake.request_count();
     let err = client.register_job(&old_spec()).await.unwrap_err();

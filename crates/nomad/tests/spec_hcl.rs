@@ -175,7 +175,10 @@ fn hcl_template_matches_the_registered_job() {
     let logs = block(task, "logs").body();
     assert_eq!(attr(logs, "disabled"), wt["LogConfig"]["Disabled"]);
     assert_eq!(attr(logs, "max_files"), wt["LogConfig"]["MaxFiles"]);
-    assert_eq!(attr(logs, "max_file_size"), wt["LogConfig"]["MaxFileSizeMB"]);
+    assert_eq!(
+        attr(logs, "max_file_size"),
+        wt["LogConfig"]["MaxFileSizeMB"]
+    );
     assert_eq!(logs.attributes().count(), 3, "logs keys");
 
     let resources = block(task, "resources").body();

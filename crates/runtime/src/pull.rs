@@ -425,7 +425,10 @@ mod tests {
         assert_eq!(src.read().unwrap(), "second");
         std::fs::write(&path, "").unwrap();
         let err = src.read().unwrap_err().to_string();
-        assert!(err.contains("empty or malformed") && err.contains("read 6 times"), "{err}");
+        assert!(
+            err.contains("empty or malformed") && err.contains("read 6 times"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ pub(crate) fn multierror(errors: &[String]) -> String {
         [one] => format!("1 error occurred:\n\t* {one}\n\n"),
         many => {
             let points: Vec<String> = many.iter().map(|e| format!("* {e}")).collect();
-            format!("{} errors occurred:\n\t{}\n\n", many.len(), points.join("\n\t"))
+            format!(
+                "{} errors occurred:\n\t{}\n\n",
+                many.len(),
+                points.join("\n\t")
+            )
         }
     }
 }
@@ -260,7 +264,10 @@ fn canonicalize_task(t: &mut Value) {
         .filter(|r| r.is_object())
         .cloned()
         .unwrap_or_else(|| json!({}));
-    fill(&mut resources, &[("CPU", 100.into()), ("MemoryMB", 300.into())]);
+    fill(
+        &mut resources,
+        &[("CPU", 100.into()), ("MemoryMB", 300.into())],
+    );
     t["Resources"] = resources;
     let mut logs = t
         .get("LogConfig")
@@ -693,7 +700,10 @@ fn identity_errors(wid: &Value) -> Option<String> {
         .enumerate()
     {
         if aud.as_str().is_none_or(str::is_empty) {
-            errs.push(format!("an empty string is an invalid audience ({})", i + 1));
+            errs.push(format!(
+                "an empty string is an invalid audience ({})",
+                i + 1
+            ));
         }
     }
     let signal = str_of(wid, "ChangeSignal");
@@ -707,7 +717,9 @@ fn identity_errors(wid: &Value) -> Option<String> {
         }
         "signal" => {
             if signal.is_empty() {
-                errs.push("change_signal must be specified when using change_mode=\"signal\"".into());
+                errs.push(
+                    "change_signal must be specified when using change_mode=\"signal\"".into(),
+                );
             }
         }
         other => errs.push(format!("invalid change_mode: {other}")),
@@ -816,7 +828,9 @@ mod tests {
             "Following keys exist in both: [b]",
         );
         fails(
-            |j| j["Job"]["TaskGroups"][0]["RestartPolicy"] = json!({"Attempts": 0, "Mode": "delay"}),
+            |j| {
+                j["Job"]["TaskGroups"][0]["RestartPolicy"] = json!({"Attempts": 0, "Mode": "delay"})
+            },
             "Restart policy \"delay\" with 0 attempts is ambiguous",
         );
         fails(
@@ -872,8 +886,10 @@ mod tests {
         let w = check_job(&j).unwrap();
         assert_eq!(
             w,
-            ["Memory oversubscription is not enabled; Task \"g.t\" memory_max value will be \
-              ignored. Update the Scheduler Configuration to allow oversubscription."]
+            [
+                "Memory oversubscription is not enabled; Task \"g.t\" memory_max value will be \
+              ignored. Update the Scheduler Configuration to allow oversubscription."
+            ]
         );
         let mut job = j["Job"].clone();
         canonicalize(&mut job, "default", "global");

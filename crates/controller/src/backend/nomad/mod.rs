@@ -494,9 +494,9 @@ async fn watch(inner: Arc<Inner>, id: InstanceId, child: String, eval: Option<St
                     .ledger
                     .alloc_of(&id)
                     .and_then(|b| allocs.iter().find(|a| a.id == b));
-                let first = allocs.iter().min_by(|a, b| {
-                    (a.create_index, &a.id).cmp(&(b.create_index, &b.id))
-                });
+                let first = allocs
+                    .iter()
+                    .min_by(|a, b| (a.create_index, &a.id).cmp(&(b.create_index, &b.id)));
                 if let Some(mine) = bound.or(first) {
                     inner.ledger.bind(&id, &mine.id);
                     let others: Vec<&str> = allocs
