@@ -435,7 +435,7 @@ pub fn runtime_job(cfg: &RuntimeJobConfig) -> Result<serde_json::Value, SpecErro
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

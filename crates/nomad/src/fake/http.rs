@@ -191,7 +191,7 @@ async fn route(
                     })
                     .collect();
                 if order == AllocOrder::NewestFirst {
-                    allocs.sort_by(|a, b| b.create_index.cmp(&a.create_index));
+                    allocs.sort_by_key(|a| std::cmp::Reverse(a.create_index));
                 }
                 // Nomad wakes on a change of this job's allocations but answers with the
                 // index of the whole `allocs` table (nomad/job_endpoint.go:1543-1548).
