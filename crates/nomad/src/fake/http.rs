@@ -467,13 +467,13 @@ fn dispatch(
         meta: BTreeMap<String, String>,
         id_prefix_template: String,
     }
-    let req: Req = if body.is_empty() {
-        Req::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-        }
+    // `decodeBody` refuses an empty body (command/agent/http.go:870-878).
+    if body.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "Request body is empty");
+    }
+    let req: Req = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if !req.job_id.is_empty() && req.job_id != job_id {
         return text(StatusCode::BAD_REQUEST, "Job ID does not match");

@@ -116,7 +116,9 @@ impl IdentitySpec {
                         .filter_map(|x| x.as_str().map(str::to_owned))
                         .collect()
                 })
-                .unwrap_or_else(|| vec![name.clone()])
+                // No default: Nomad only warns that such an identity is insecure
+                // (nomad/structs/workload_id.go:500-511).
+                .unwrap_or_default()
         };
         IdentitySpec {
             name,
