@@ -577,8 +577,8 @@ impl Ended {
                 let summary = a.failure_summary(TASK_NAME);
                 let message = match a.status() {
                     polydev_nomad::types::ClientStatus::Lost => Some(format!(
-                        "the Nomad allocation running the runtime was lost ({}); Nomad's \
-                         replacement was stopped, not given the job",
+                        "the Nomad allocation running the runtime was lost ({}); a \
+                         replacement Nomad places is stopped, never given the job",
                         if a.desired_description.is_empty() {
                             "its node went down or lost contact"
                         } else {
