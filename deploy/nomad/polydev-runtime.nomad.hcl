@@ -14,8 +14,15 @@
 # who it is to the controller with its workload-identity JWT and pulls its one job over TLS.
 #
 # Cluster settings this job relies on (see docs/nomad.md):
-# - memory oversubscription enabled, so `memory_max` above the small reservation applies;
-# - the docker plugin allowing the hardening below (it does by default).
+# - memory oversubscription enabled, so `memory_max` above the small reservation applies
+#   (without it Nomad registers the job with the warning "Memory oversubscription is not
+#   enabled; Task "runtime.runtime" memory_max value will be ignored", and each runtime is
+#   held to its 32 MB reservation);
+# - the docker plugin's defaults allow the hardening below; `runtime = "runsc"` additionally
+#   needs `plugin "docker" { config { allow_runtimes = ["runc", "runsc"] } }` on every client
+#   (the default is ["runc", "nvidia"]; otherwise every allocation fails with
+#   `requested runtime "runsc" is not allowed`: drivers/docker/config.go:272-275,
+#   driver.go:1074-1076).
 
 variable "image" {
   type        = string
@@ -48,7 +55,9 @@ job "polydev-runtime" {
   group "runtime" {
     count = 1
 
-    # One job per runtime: never run it twice.
+    # One job per runtime: a failed allocation is neither restarted nor rescheduled. (Nomad
+    # still replaces a lost one, node down, whatever this says; the controller refuses the
+    # replacement a job and stops it.)
     restart {
       attempts = 0
       mode     = "fail"
@@ -59,6 +68,7 @@ job "polydev-runtime" {
       unlimited = false
     }
 
+    # Nomad's minimum; nothing is written to it (logs are disabled, the root is read-only).
     ephemeral_disk {
       size = 10
     }
@@ -97,8 +107,14 @@ job "polydev-runtime" {
       }
 
       # The runtime streams to the controller; model output must not land on node disk.
+      # max_files/max_file_size are required even with logs disabled: Nomad fills absent ones
+      # with 10 x 10 MB and refuses the job unless the ephemeral disk (10 MB) exceeds
+      # max_files x max_file_size ("log storage (100 MB) must be less than requested disk
+      # capacity (10 MB)": nomad/structs/structs.go:7863-7883, api/tasks.go:729-739).
       logs {
-        disabled = true
+        disabled      = true
+        max_files     = 1
+        max_file_size = 1
       }
 
       resources {

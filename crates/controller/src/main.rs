@@ -124,7 +124,7 @@ async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
     }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let tls = args.runtime_api.tls().map_err(|e| e.to_string())?;
-    let backend = build_backend(&args, &store, addr)?;
+    let backend = build_backend(&args, &store, addr).await?;
     tracing::info!(
         %addr,
         backend = backend.name(),
@@ -145,7 +145,7 @@ async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
 }
 
 /// The backend `POLYDEV_BACKEND` names (validated by `controller_config`).
-fn build_backend(
+async fn build_backend(
     args: &ServeArgs,
     store: &Store,
     addr: std::net::SocketAddr,
@@ -200,7 +200,10 @@ fn build_backend(
                 .nomad
                 .backend_config(&url, args.runtime_env.vars(), args.pool_size)
                 .map_err(|e| e.to_string())?;
-            let backend = nomad::NomadBackend::new(config).map_err(|e| e.to_string())?;
+            // Registers the job now: a refused job or an unreachable Nomad stops the start.
+            let backend = nomad::NomadBackend::start(config)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(Arc::new(backend))
         }
     }

@@ -56,6 +56,10 @@ trait Probe: Send + Sync {
     /// What the backend started that still exists (processes, containers, files). Must be
     /// empty after shutdown. May use what [`Probe::objects`] saw earlier.
     fn leftovers(&self) -> Vec<String>;
+    /// The concrete probe, for checks that only one backend has (the Nomad-only cases).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// A backend under test.
@@ -786,12 +790,21 @@ impl Probe for DockerProbe {
 
 /// The Nomad backend against a fresh fake Nomad, with an initial warm pool of `pool_size`.
 async fn nomad(env: Env, pool_size: usize) -> Option<Built> {
+    nomad_with(env, pool_size, |_| {}).await
+}
+
+/// [`nomad`] against a fake configured by `fake_cfg`.
+async fn nomad_with(
+    env: Env,
+    pool_size: usize,
+    fake_cfg: fn(&mut polydev_nomad::fake::FakeConfig),
+) -> Option<Built> {
     use polydev_controller::backend::nomad::{NomadBackend, NomadBackendConfig};
     use polydev_nomad::RuntimeJobConfig;
     use polydev_nomad::fake::{FakeConfig, FakeNomad};
-    let fake = FakeNomad::start(FakeConfig::new(runtime_bin()))
-        .await
-        .unwrap();
+    let mut fcfg = FakeConfig::new(runtime_bin());
+    fake_cfg(&mut fcfg);
+    let fake = FakeNomad::start(fcfg).await.unwrap();
     let url = format!("http://127.0.0.1:{}", env.controller.port());
     let job = RuntimeJobConfig::new(url.clone());
     let mut cfg = NomadBackendConfig::new(fake.client_config(), job);
@@ -804,7 +817,7 @@ async fn nomad(env: Env, pool_size: usize) -> Option<Built> {
         .collect();
     cfg.pool_size = pool_size;
     cfg.start_timeout = Duration::from_secs(20);
-    let backend = Arc::new(NomadBackend::new(cfg).unwrap());
+    let backend = Arc::new(NomadBackend::start(cfg).await.unwrap());
     let probe = Arc::new(NomadProbe {
         client: polydev_nomad::NomadClient::new(fake.client_config()).unwrap(),
         spec: backend.spec().clone(),
@@ -917,5 +930,173 @@ impl Probe for NomadProbe {
             }
         }
         left
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// The fake behind a Nomad configuration's probe.
+fn fake_of(probe: &dyn Probe) -> &polydev_nomad::fake::FakeNomad {
+    &probe
+        .as_any()
+        .and_then(|a| a.downcast_ref::<NomadProbe>())
+        .expect("a Nomad configuration")
+        .fake
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks only the Nomad backend has: what the fake does because Nomad does it (issue 10).
+
+mod nomad_only {
+    use super::*;
+    use polydev_nomad::fake::AllocOrder;
+
+    /// Nomad replaces a lost allocation even with reschedule attempts 0
+    /// (scheduler/reconciler/reconcile_cluster.go:933-943). The fake lists the replacement
+    /// first (what Nomad's ID-ordered list gives about half the time): the execution must still
+    /// end once, with Nomad's reason, the replacement must be stopped without running the job,
+    /// and nothing may be left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_allocation_with_a_replacement_ends_once_and_the_replacement_never_runs() {
+        let Some(mut w) = world(|env| {
+            Box::pin(nomad_with(env, 0, |c| {
+                c.alloc_order = AllocOrder::NewestFirst
+            }))
+        })
+        .await
+        else {
+            return;
+        };
+        // Nomad's registration warning (memory oversubscription is off by default) is logged.
+        let logged = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+        assert!(
+            logged.contains("WARN")
+                && logged.contains("Nomad registered the runtime job with warnings")
+                && logged.contains("Memory oversubscription is not enabled"),
+            "the registration warning was not logged"
+        );
+        let fake = fake_of(w.built.probe.as_ref());
+        let client = polydev_nomad::NomadClient::new(fake.client_config()).unwrap();
+        let mut events = client
+            .event_stream(&polydev_nomad::EventStreamRequest {
+                topics: vec![("Allocation".into(), "*".into())],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut r = w.open(job(Provider::Anthropic, "len400-rate20")).await;
+        let id = until_text(&mut r).await;
+        let running: Vec<_> = fake
+            .allocations()
+            .into_iter()
+            .filter(|a| a.client_status == "running")
+            .collect();
+        assert_eq!(running.len(), 1, "{running:?}");
+        let original = running[0].clone();
+        assert!(fake.lose_allocation(&original.id));
+        let rest = tokio::time::timeout(Duration::from_secs(30), r.rest())
+            .await
+            .expect("hung after the allocation was lost");
+        assert_eq!(
+            rest.iter().filter(|e| is_terminal(e)).count(),
+            1,
+            "{rest:?}"
+        );
+        let last = rest.last().unwrap();
+        assert_eq!(last.event, "error", "{last:?}");
+        let msg = last.data["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("alloc is lost since its node is down"),
+            "{msg}"
+        );
+        assert_eq!(w.outcome(&id).await["status"], "failed");
+        // The replacement was placed (naming the lost one), then stopped by the backend.
+        let mut replacement: Option<polydev_nomad::types::Allocation> = None;
+        let mut stopped = false;
+        while !stopped {
+            let frame = tokio::time::timeout(Duration::from_secs(10), events.next_frame())
+                .await
+                .expect("allocation events")
+                .unwrap()
+                .unwrap();
+            for a in frame.events.iter().filter_map(|e| e.allocation()) {
+                if a.previous_allocation == original.id {
+                    assert_eq!(a.job_id, original.job_id);
+                    replacement = Some(a.clone());
+                }
+                if replacement.as_ref().is_some_and(|r| r.id == a.id) && a.desired_status == "stop"
+                {
+                    stopped = true;
+                }
+            }
+        }
+        // It never ran the job: the emulator served exactly the one stream, the lost one.
+        assert_eq!(w.emu.status().total_streams, 1);
+        w.shutdown().await;
+        assert_eq!(w.built.probe.leftovers(), Vec::<String>::new());
+        eventually("the upstream is closed", || {
+            w.emu.status().open_streams == 0
+        })
+        .await;
+    }
+
+    /// Nomad renews identities by rewriting the token file in place, so a runtime can read it
+    /// empty or half-written (helper/users/lookup.go:69-103). With renewals racing every
+    /// runtime's reads (the fake pauses mid-write to widen the window), every execution still
+    /// succeeds: the runtime retries such a read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identity_renewals_racing_runtime_reads_lose_nothing() {
+        let Some(mut w) = world(|env| {
+            Box::pin(nomad_with(env, 0, |c| {
+                c.token_write_pause = Duration::from_millis(1)
+            }))
+        })
+        .await
+        else {
+            return;
+        };
+        /// Stops the renewals however the test ends (a panic must not leave the blocking
+        /// thread running, which would hang the runtime's shutdown).
+        struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let probe = Arc::clone(&w.built.probe);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
+        let renewals = {
+            let stop = Arc::clone(&stop);
+            tokio::task::spawn_blocking(move || {
+                let fake = fake_of(probe.as_ref());
+                let mut written = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    written += fake.rotate_identities();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                written
+            })
+        };
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            for p in Provider::ALL {
+                ids.push((w.submit(job(p, "len30-rate20")).await, p));
+            }
+        }
+        for (id, p) in &ids {
+            let v = w.outcome(id).await;
+            assert_eq!(v["status"], "succeeded", "{p:?}: {v}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = renewals.await.unwrap();
+        assert!(
+            written >= 10,
+            "only {written} token files rewritten: no race"
+        );
+        w.shutdown().await;
+        assert_eq!(w.built.probe.leftovers(), Vec::<String>::new());
     }
 }

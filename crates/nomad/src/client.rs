@@ -4,7 +4,8 @@
 //!
 //! Retries: calls that are safe to repeat (reads, register, stop/purge, and dispatch *with an
 //! idempotency token*) are retried on connection errors, timeouts, 5xx and 429, a bounded
-//! number of times with exponential backoff and jitter. Dispatch always carries an idempotency
+//! number of times with exponential backoff and jitter; never on a 500 that is one of Nomad's
+//! validation errors ([`NomadError::is_validation`]), which would fail the same way again. Dispatch always carries an idempotency
 //! token (the API takes one; there is no way to dispatch without it), so a retry after a lost
 //! response returns the child Nomad already created instead of starting a second instance:
 //! Nomad's `Job.Dispatch` looks for a child of the same parent with the same
@@ -37,8 +38,9 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// Nomad's longest blocking-query wait.
-pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Nomad's longest blocking-query wait, `MaxBlockingRPCQueryTime` (nomad/structs/structs.go:
+/// 192-214): a longer `wait` is cut to it by the server.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Nomad's default blocking-query wait when `index` is given without `wait`.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Longest event-stream line accepted (a line can hold many events with full payloads).

@@ -63,16 +63,49 @@ impl NomadError {
         matches!(self, NomadError::Api { status: 403, .. })
     }
 
+    /// Nomad refused the request itself, not a passing condition: its validation errors are
+    /// plain errors and so arrive as HTTP 500 (command/agent/http.go:761-790). Recognised by
+    /// their text: the go-multierror list `Job.Register`'s admission validators produce
+    /// ("1 error occurred: …", nomad/job_endpoint_hooks.go:490-555) and the messages of
+    /// `Job.Dispatch`'s checks (nomad/job_endpoint.go:2009-2195). Never worth a retry.
+    pub fn is_validation(&self) -> bool {
+        const DISPATCH: [&str; 9] = [
+            "Payload is not provided but required",
+            "Payload provided but forbidden",
+            "Payload exceeds maximum size",
+            "Duplicate key",
+            "Dispatch request included unpermitted metadata keys",
+            "Dispatch did not provide required meta keys",
+            "dispatch job priority must be between",
+            "parameterized job not found",
+            "is not a parameterized job",
+        ];
+        match self {
+            NomadError::Api {
+                status: 500,
+                message,
+                ..
+            } => {
+                message.contains(" error occurred:")
+                    || message.contains(" errors occurred:")
+                    || DISPATCH.iter().any(|d| message.contains(d))
+            }
+            _ => false,
+        }
+    }
+
     /// Worth retrying for a call that is safe to repeat: connection trouble, timeouts, broken
-    /// exchanges, 5xx and 429. (Nomad also reports some validation errors as 500, so retries are
-    /// always bounded.)
+    /// exchanges, 5xx and 429, except the 500s that are validation errors
+    /// ([`NomadError::is_validation`]).
     pub fn is_transient(&self) -> bool {
         match self {
             NomadError::Connect { .. }
             | NomadError::Timeout { .. }
             | NomadError::Http { .. }
             | NomadError::Stream(_) => true,
-            NomadError::Api { status, .. } => *status >= 500 || *status == 429,
+            NomadError::Api { status, .. } => {
+                (*status >= 500 || *status == 429) && !self.is_validation()
+            }
             NomadError::Config(_)
             | NomadError::Tls { .. }
             | NomadError::Decode { .. }
@@ -121,6 +154,23 @@ mod tests {
         assert!(api(404).is_not_found());
         assert!(api(403).is_permission_denied());
         assert!(!NomadError::Config("x".into()).is_transient());
+        let with = |message: &str| NomadError::Api {
+            op: "register job".into(),
+            status: 500,
+            message: message.into(),
+        };
+        // The old runtime job's refusal, as error_message() flattens it.
+        let refused = with(
+            "1 error occurred:  * Task group runtime validation failed: 1 error occurred:  *              Task runtime validation failed: 1 error occurred:  * log storage (100 MB) must be              less than requested disk capacity (10 MB)",
+        );
+        assert!(refused.is_validation());
+        assert!(!refused.is_transient());
+        let dispatch = with("Dispatch did not provide required meta keys: [instance_id]");
+        assert!(dispatch.is_validation() && !dispatch.is_transient());
+        for transient in ["No cluster leader", "rpc error: EOF", "(empty body)"] {
+            assert!(!with(transient).is_validation(), "{transient}");
+            assert!(with(transient).is_transient(), "{transient}");
+        }
     }
 
     #[test]

@@ -86,7 +86,9 @@ pub struct WorkloadClaims {
     pub allocation_id: String,
     /// `nomad_task`.
     pub task: Option<String>,
-    /// `sub`: `region:namespace:job:group:task:identity` (the job part is the dispatched ID).
+    /// `sub`: `region:namespace:job:group:task:identity`. The job part is the *parent* ID for
+    /// a dispatched child since Nomad 1.8.4/1.9.0 (nomad/structs/identity.go:170-185), the
+    /// child's ID in 1.7.0–1.8.3; nothing here relies on it.
     pub subject: Option<String>,
     pub audience: Vec<String>,
     pub issuer: Option<String>,

@@ -16,7 +16,8 @@
 //!   dev-dependencies.
 //!
 //! Nothing here has run against a live Nomad cluster; everything is checked against Nomad's
-//! documented API shapes and the fake (docs/nomad.md).
+//! source and documented API shapes, and the fake, which refuses what Nomad refuses
+//! (docs/nomad.md, including the checklist for a first live cluster).
 
 pub mod client;
 pub mod config;

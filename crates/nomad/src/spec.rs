@@ -7,7 +7,10 @@
 //!   `Payload: forbidden` and only opaque IDs in `Meta`, because payload and meta are stored in
 //!   Raft and readable with `read-job`.
 //! - restart `Attempts: 0, Mode: fail` and reschedule `Attempts: 0, Unlimited: false`: a runtime
-//!   serves one job; Nomad must not run it twice.
+//!   serves one job, so a failed allocation is neither restarted nor rescheduled. Nomad still
+//!   replaces a *lost* allocation (node down) whatever the reschedule policy
+//!   (scheduler/reconciler/reconcile_cluster.go:933-943); the backend refuses that replacement
+//!   a job and stops it (crates/controller/src/backend/nomad).
 //! - the task gets no credential at all: `WARM_POOL=true`, `CONTROLLER_URL` and
 //!   `RUNTIME_TOKEN_FILE` pointing at a *named* workload identity written to the secrets
 //!   directory. A named identity (not the default one) because only named identities carry an
@@ -21,7 +24,9 @@
 //!   privileged; a pinned image tag (`latest` forces a pull on every start).
 //! - `KillTimeout` ≤ 5 s: the runtime exits within a second of SIGTERM.
 //! - logs disabled: the runtime streams to the controller; model output must not land on the
-//!   node's disk, and each log collector is one more process per task.
+//!   node's disk, and each log collector is one more process per task. Rotation is still set to
+//!   1 file × 1 MB because Nomad checks log storage against the 10 MB disk even for disabled
+//!   logs ([`LOG_MAX_FILES`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +42,15 @@ pub const META_INSTANCE_ID: &str = "instance_id";
 /// Optional dispatch meta key for a cold start: the execution the instance is for (an opaque
 /// ID, not the prompt or anything secret).
 pub const META_EXECUTION_ID: &str = "execution_id";
+
+/// The group's ephemeral disk: Nomad's minimum (`EphemeralDisk.Validate`,
+/// nomad/structs/structs.go:10399-10403). Nothing is written to it.
+pub const EPHEMERAL_DISK_MB: u32 = 10;
+/// Log rotation settings sent with `Disabled: true`: the smallest Nomad accepts (1 file of
+/// 1 MB), so that log storage (1 MB) stays below [`EPHEMERAL_DISK_MB`], as
+/// `LogConfig.Validate` requires even for disabled logs (nomad/structs/structs.go:7863-7883).
+pub const LOG_MAX_FILES: u32 = 1;
+pub const LOG_MAX_FILE_SIZE_MB: u32 = 1;
 
 /// Why a configuration cannot produce a safe job.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,10 +323,17 @@ pub struct Resources {
     pub memory_max_mb: u32,
 }
 
+/// `LogConfig`. `MaxFiles` and `MaxFileSizeMB` are sent even with `Disabled`: Nomad fills
+/// absent ones with 10 × 10 MB (api/tasks.go:729-739) and then requires the group's ephemeral
+/// disk to exceed `MaxFiles × MaxFileSizeMB`, whether or not logs are disabled
+/// (nomad/structs/structs.go:7863-7883, 8251-8256).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct LogConfig {
     pub disabled: bool,
+    pub max_files: u32,
+    #[serde(rename = "MaxFileSizeMB")]
+    pub max_file_size_mb: u32,
 }
 
 /// `Identities[]` entry (`identity` block).
@@ -358,7 +379,11 @@ pub fn runtime_job_spec(cfg: &RuntimeJobConfig) -> Result<JobRegisterRequest, Sp
             memory_max_mb: cfg.memory_max_mb,
         },
         kill_timeout: nanos(cfg.kill_timeout),
-        log_config: LogConfig { disabled: true },
+        log_config: LogConfig {
+            disabled: true,
+            max_files: LOG_MAX_FILES,
+            max_file_size_mb: LOG_MAX_FILE_SIZE_MB,
+        },
         identities: vec![WorkloadIdentity {
             name: cfg.identity_name.clone(),
             audience: vec![cfg.identity_audience.clone()],
@@ -393,7 +418,9 @@ pub fn runtime_job_spec(cfg: &RuntimeJobConfig) -> Result<JobRegisterRequest, Sp
                     attempts: 0,
                     unlimited: false,
                 },
-                ephemeral_disk: EphemeralDisk { size_mb: 10 },
+                ephemeral_disk: EphemeralDisk {
+                    size_mb: EPHEMERAL_DISK_MB,
+                },
                 tasks: vec![task],
             }],
         },
@@ -408,7 +435,7 @@ pub fn runtime_job(cfg: &RuntimeJobConfig) -> Result<serde_json::Value, SpecErro
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -467,6 +494,30 @@ mod tests {
             assert!(!text.contains(bad), "{bad} in {text}");
         }
         assert_eq!(t["Env"].as_object().unwrap().len(), 3);
+    }
+
+    /// Nomad's rule, applied to what the builder sends: `LogConfig.Validate` requires the
+    /// group's disk to exceed `MaxFiles × MaxFileSizeMB` even with logs disabled, and absent
+    /// values become 10 × 10 MB (nomad/structs/structs.go:7863-7883; api/tasks.go:729-739).
+    /// The full rule set runs against this job in tests/spec_admission.rs.
+    #[test]
+    fn log_storage_fits_the_disk_as_nomad_requires() {
+        let job = runtime_job(&cfg()).unwrap();
+        let g = &job["Job"]["TaskGroups"][0];
+        let logs = &g["Tasks"][0]["LogConfig"];
+        let files = logs["MaxFiles"]
+            .as_u64()
+            .expect("MaxFiles is sent, else Nomad uses 10");
+        let size = logs["MaxFileSizeMB"]
+            .as_u64()
+            .expect("MaxFileSizeMB is sent, else Nomad uses 10");
+        let disk = g["EphemeralDisk"]["SizeMB"].as_u64().unwrap();
+        assert!(files >= 1 && size >= 1, "Nomad's minimums");
+        assert!(disk >= 10, "Nomad's minimum disk");
+        assert!(
+            disk > files * size,
+            "log storage {files}×{size} MB ≥ disk {disk} MB"
+        );
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct Allocation {
     pub task_states: Option<HashMap<String, TaskState>>,
     #[serde(rename = "FollowupEvalID")]
     pub followup_eval_id: String,
+    /// The allocation this one replaces (a lost allocation's replacement carries it:
+    /// scheduler/reconciler/reconcile_cluster.go:866-876, scheduler/generic_sched.go:664-666).
+    pub previous_allocation: String,
     /// Present on `GET /v1/allocation/:id` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<serde_json::Value>,
@@ -231,20 +234,32 @@ impl Allocation {
             .unwrap_or(&[])
     }
 
+    /// Whether `task`'s last exit was an OOM kill: `Details["oom_killed"]` of its
+    /// `Terminated` event (client/allocrunner/taskrunner/task_runner.go:853-858,
+    /// nomad/structs/structs.go:9773-9774).
+    pub fn oom_killed(&self, task: &str) -> bool {
+        self.task_events(task)
+            .iter()
+            .rev()
+            .find(|e| e.event_type == "Terminated")
+            .is_some_and(|e| e.details.get("oom_killed").is_some_and(|v| v == "true"))
+    }
+
     /// A one-line explanation of why the allocation did not complete, for operators and API
-    /// clients: the client description for lost allocations, otherwise the most telling task
-    /// event (driver or setup failure, kill, non-zero exit).
+    /// clients: for a lost allocation the scheduler's `DesiredDescription` ("alloc is lost
+    /// since its node is down"; Nomad leaves `ClientDescription` as the client last reported
+    /// it: nomad/structs/plan.go:155-181), otherwise the most telling task event (driver,
+    /// setup or hook failure, OOM kill, non-zero exit).
     pub fn failure_summary(&self, task: &str) -> Option<String> {
         match self.status() {
             ClientStatus::Complete | ClientStatus::Running | ClientStatus::Pending => {
                 return None;
             }
             ClientStatus::Lost => {
-                let why = if self.client_description.is_empty() {
-                    "the allocation's node was lost"
-                } else {
-                    &self.client_description
-                };
+                let why = [&self.desired_description, &self.client_description]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .map_or("the allocation's node was lost", |s| s.as_str());
                 return Some(format!("allocation lost: {why}"));
             }
             _ => {}
@@ -263,8 +278,16 @@ impl Allocation {
             .cloned()
             .unwrap_or_default();
             match e.event_type.as_str() {
-                "Driver Failure" | "Setup Failure" | "Failed Validation" => {
+                // A failing prestart hook (identity, template, …) emits `Task hook failed`
+                // (client/allocrunner/taskrunner/task_runner_hooks.go:213).
+                "Driver Failure" | "Setup Failure" | "Failed Validation" | "Task hook failed" => {
                     return Some(format!("{}: {text}", e.event_type));
+                }
+                "Terminated" if e.details.get("oom_killed").is_some_and(|v| v == "true") => {
+                    return Some(format!(
+                        "task was killed for running out of memory (exit code {}, signal {})",
+                        e.exit_code, e.signal
+                    ));
                 }
                 "Terminated" if e.exit_code != 0 || e.signal != 0 => {
                     return Some(format!(
@@ -514,6 +537,35 @@ mod tests {
             a.failure_summary("runtime")
                 .unwrap()
                 .starts_with("allocation lost")
+        );
+        // Nomad says why in DesiredDescription and leaves the client's last description.
+        a.client_description = "Tasks are running".into();
+        a.desired_description = "alloc is lost since its node is down".into();
+        assert_eq!(
+            a.failure_summary("runtime").unwrap(),
+            "allocation lost: alloc is lost since its node is down"
+        );
+        a.client_status = "failed".into();
+        let states = a.task_states.as_mut().unwrap();
+        let events = states.get_mut("runtime").unwrap().events.as_mut().unwrap();
+        events.push(ev("Task hook failed", |e| {
+            e.message = "identity: failed to write token".into()
+        }));
+        assert_eq!(
+            a.failure_summary("runtime").unwrap(),
+            "Task hook failed: identity: failed to write token"
+        );
+        let states = a.task_states.as_mut().unwrap();
+        let events = states.get_mut("runtime").unwrap().events.as_mut().unwrap();
+        events.push(ev("Terminated", |e| {
+            e.exit_code = 137;
+            e.details.insert("oom_killed".into(), "true".into());
+        }));
+        assert!(a.oom_killed("runtime"));
+        assert!(
+            a.failure_summary("runtime")
+                .unwrap()
+                .contains("out of memory")
         );
         a.client_status = "complete".into();
         assert!(a.failure_summary("runtime").is_none());

@@ -310,6 +310,8 @@ async fn event_stream_delivers_allocation_events_and_heartbeats() {
         .await
         .unwrap();
     let frame = replay.next_frame().await.unwrap().unwrap();
+    // Nomad sends one `{}` on connect, before anything else (nomad/stream/ndjson.go:38-50).
+    assert_eq!(replay.heartbeats(), 1);
     assert!(frame.index >= first_index);
     assert!(
         frame

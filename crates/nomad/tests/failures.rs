@@ -211,7 +211,7 @@ async fn a_failed_placement_leaves_a_blocked_evaluation_and_no_allocation() {
 }
 
 #[tokio::test]
-async fn an_allocation_lost_mid_run_is_lost_and_its_process_gone() {
+async fn a_lost_allocation_is_replaced_as_nomad_does() {
     let fake = fake().await;
     let c = client(&fake);
     c.register_job(&test_job(JOB)).await.unwrap();
@@ -220,15 +220,73 @@ async fn an_allocation_lost_mid_run_is_lost_and_its_process_gone() {
         .await
         .unwrap();
     let running = wait_allocs(&c, &d.dispatched_job_id, any_running).await;
-    assert!(fake.lose_allocation(&running[0].id));
-    let allocs = wait_allocs(&c, &d.dispatched_job_id, all_terminal).await;
-    assert_eq!(allocs[0].status(), ClientStatus::Lost);
+    let original = running[0].id.clone();
+    assert!(fake.lose_allocation(&original));
+    // Reschedule attempts 0 or not, Nomad places a replacement of a lost allocation.
+    let allocs = wait_allocs(&c, &d.dispatched_job_id, |a| a.len() == 2 && any_running(a)).await;
+    let lost = allocs.iter().find(|a| a.id == original).unwrap();
+    assert_eq!(lost.status(), ClientStatus::Lost);
+    assert_eq!(lost.desired_status, "stop");
     assert_eq!(
-        allocs[0].failure_summary(TASK).unwrap(),
+        lost.desired_description,
+        "alloc is lost since its node is down"
+    );
+    assert_eq!(
+        lost.client_description, "",
+        "Nomad leaves the client's description"
+    );
+    assert_eq!(
+        lost.failure_summary(TASK).unwrap(),
         "allocation lost: alloc is lost since its node is down"
     );
+    let replacement = allocs.iter().find(|a| a.id != original).unwrap();
+    assert_eq!(replacement.previous_allocation, original);
+    assert_eq!(replacement.desired_status, "run");
+    assert!(!fake.lose_allocation(&original), "already terminal");
+    // Stopping the job stops the replacement; nothing replaces a stopped job's allocation.
+    c.stop_job(&d.dispatched_job_id, false).await.unwrap();
+    let allocs = wait_allocs(&c, &d.dispatched_job_id, all_terminal).await;
+    assert_eq!(allocs.len(), 2);
     assert_eq!(fake.running_processes(), 0);
-    assert!(!fake.lose_allocation(&running[0].id), "already terminal");
+}
+
+#[tokio::test]
+async fn validation_errors_are_nomads_500_and_not_retried() {
+    let fake = fake().await;
+    let c = client(&fake);
+    let mut job = test_job(JOB);
+    job["Job"]["TaskGroups"][0]["EphemeralDisk"] = serde_json::json!({"SizeMB": 10});
+    job["Job"]["TaskGroups"][0]["Tasks"][0]["LogConfig"] = serde_json::json!({"Disabled": true});
+    let before = fake.request_count();
+    let err = c.register_job(&job).await.unwrap_err();
+    assert!(matches!(err, NomadError::Api { status: 500, .. }), "{err}");
+    assert!(err.is_validation(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("Task {TASK} validation failed"))
+            && err
+                .to_string()
+                .contains("log storage (100 MB) must be less than requested disk capacity (10 MB)"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.request_count() - before,
+        1,
+        "a validation error is not retried"
+    );
+    // An injected 500 without Nomad's validation text is still retried.
+    let before = fake.request_count();
+    fake.fail_next_requests(1, 500);
+    c.register_job(&test_job(JOB)).await.unwrap();
+    assert_eq!(fake.request_count() - before, 2);
+    // Dispatch validation errors are not retried either.
+    let before = fake.request_count();
+    let err = c
+        .dispatch_job(JOB, &polydev_nomad::DispatchRequest::new("tok"))
+        .await
+        .unwrap_err();
+    assert!(err.is_validation(), "{err}");
+    assert_eq!(fake.request_count() - before, 1);
 }
 
 #[tokio::test]

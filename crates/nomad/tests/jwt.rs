@@ -286,9 +286,10 @@ async fn the_identity_file_of_a_real_allocation_verifies_and_rotates() {
     assert_eq!(claims.job_id, JOB);
     assert_eq!(claims.allocation_id, alloc.id);
     assert_eq!(claims.task.as_deref(), Some(common::TASK));
+    // `sub` names the parent too since Nomad 1.8.4/1.9.0 (nomad/structs/identity.go:170-185).
     assert_eq!(
         claims.subject.as_deref(),
-        Some(format!("global:default:{}:g:t:polydev", d.dispatched_job_id).as_str())
+        Some(format!("global:default:{JOB}:g:t:polydev").as_str())
     );
     assert!(claims.expires_at.unwrap() >= claims.issued_at.unwrap() + 3599);
 

@@ -172,10 +172,14 @@ fn hcl_template_matches_the_registered_job() {
     assert_eq!(attr(identity, "change_mode"), wi["ChangeMode"]);
     assert_eq!(json!(duration_ns(&attr(identity, "ttl"))), wi["TTL"]);
 
+    let logs = block(task, "logs").body();
+    assert_eq!(attr(logs, "disabled"), wt["LogConfig"]["Disabled"]);
+    assert_eq!(attr(logs, "max_files"), wt["LogConfig"]["MaxFiles"]);
     assert_eq!(
-        attr(block(task, "logs").body(), "disabled"),
-        wt["LogConfig"]["Disabled"]
+        attr(logs, "max_file_size"),
+        wt["LogConfig"]["MaxFileSizeMB"]
     );
+    assert_eq!(logs.attributes().count(), 3, "logs keys");
 
     let resources = block(task, "resources").body();
     assert_eq!(attr(resources, "cpu"), wt["Resources"]["CPU"]);

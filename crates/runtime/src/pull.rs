@@ -36,6 +36,13 @@ const EVENT_BUFFER: usize = 4096;
 /// How long the controller gets to acknowledge the finished event stream.
 const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Reads of a token file that is empty, unreadable or malformed are retried this many times
+/// more, [`TOKEN_RETRY_PAUSE`] apart, before the runtime gives up: Nomad renews a workload
+/// identity by rewriting its file in place (`os.WriteFile`: truncate, then write;
+/// helper/users/lookup.go:69-103 in hashicorp/nomad), so a read can land in between.
+const TOKEN_READ_RETRIES: u32 = 5;
+const TOKEN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Where the bearer token comes from.
 #[derive(Debug, Clone)]
 pub enum TokenSource {
@@ -44,21 +51,51 @@ pub enum TokenSource {
     File(PathBuf),
 }
 
+/// Whether `token` can be sent: not empty, no whitespace or control characters, and, if it
+/// looks like a JWT (`eyJ…`, a base64url JSON header), three non-empty segments.
+fn well_formed(token: &str) -> bool {
+    if token.is_empty() || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    !token.starts_with("eyJ")
+        || (token.split('.').count() == 3 && token.split('.').all(|s| !s.is_empty()))
+}
+
 impl TokenSource {
+    /// The token to send. A file is re-read, and a read caught in the middle of a rewrite
+    /// (empty, partial, briefly missing) is retried for up to half a second; this blocks the
+    /// thread, which has nothing else to do without a token.
     fn read(&self) -> Result<String, PullError> {
-        let token = match self {
-            TokenSource::Value(v) => v.trim().to_owned(),
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| PullError::Token(format!("cannot read {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
+        let path = match self {
+            TokenSource::Value(v) => {
+                let token = v.trim().to_owned();
+                return if well_formed(&token) {
+                    Ok(token)
+                } else {
+                    Err(PullError::Token(
+                        "the runtime token is empty or malformed".into(),
+                    ))
+                };
+            }
+            TokenSource::File(path) => path,
         };
-        if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(PullError::Token(
-                "the runtime token is empty or malformed".into(),
-            ));
+        let mut attempt = 0;
+        loop {
+            let problem = match std::fs::read_to_string(path) {
+                Ok(text) if well_formed(text.trim()) => return Ok(text.trim().to_owned()),
+                Ok(_) => format!("{} is empty or malformed", path.display()),
+                Err(e) => format!("cannot read {}: {e}", path.display()),
+            };
+            if attempt == TOKEN_READ_RETRIES {
+                return Err(PullError::Token(format!(
+                    "{problem} (read {} times, {} ms apart)",
+                    attempt + 1,
+                    TOKEN_RETRY_PAUSE.as_millis()
+                )));
+            }
+            attempt += 1;
+            std::thread::sleep(TOKEN_RETRY_PAUSE);
         }
-        Ok(token)
     }
 }
 
@@ -109,10 +146,10 @@ impl PullConfig {
 
     fn request(
         &self,
+        token: &str,
         method: http::Method,
         path: &str,
     ) -> Result<http::request::Builder, PullError> {
-        let token = self.token.read()?;
         let mut auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             PullError::Token("the runtime token is not a valid header value".into())
         })?;
@@ -167,9 +204,11 @@ pub async fn next_job(
     cancel: &mut Cancel,
 ) -> Result<Option<Job>, PullError> {
     let mut backoff = POLL_BACKOFF_MIN;
+    let mut rejections = 0;
     loop {
+        let token = cfg.token.read()?;
         let req = cfg
-            .request(http::Method::GET, "/runtime/v1/next")?
+            .request(&token, http::Method::GET, "/runtime/v1/next")?
             .body(Bytes::new())
             .map_err(|e| PullError::BadJob(e.to_string()))?;
         let attempt = async {
@@ -204,7 +243,16 @@ pub async fn next_job(
                 if status == http::StatusCode::UNAUTHORIZED
                     || status == http::StatusCode::FORBIDDEN =>
             {
-                return Err(PullError::Rejected(status.as_u16()));
+                // A token read in the middle of a renewal can be well-formed yet cut short;
+                // if the file has changed since, try again with the new one (twice at most).
+                rejections += 1;
+                tokio::time::sleep(TOKEN_RETRY_PAUSE).await;
+                let renewed = cfg.token.read().is_ok_and(|t| t != token);
+                if !(renewed && rejections <= 2) {
+                    return Err(PullError::Rejected(status.as_u16()));
+                }
+                crate::output::diag("the controller rejected a token being renewed; retrying");
+                continue;
             }
             Ok(Ok((status, _))) => {
                 crate::output::diag(&format!("polling the controller: HTTP {status}; retrying"));
@@ -302,8 +350,10 @@ pub fn open_report(
         ));
     }
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let token = cfg.token.read()?;
     let req = cfg
         .request(
+            &token,
             http::Method::POST,
             &format!("/runtime/v1/executions/{execution_id}/events"),
         )?
@@ -374,7 +424,41 @@ mod tests {
         std::fs::write(&path, "second").unwrap();
         assert_eq!(src.read().unwrap(), "second");
         std::fs::write(&path, "").unwrap();
-        assert!(src.read().is_err());
+        let err = src.read().unwrap_err().to_string();
+        assert!(
+            err.contains("empty or malformed") && err.contains("read 6 times"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn partial_jwts_are_not_well_formed() {
+        assert!(well_formed("opaque-token_123"));
+        assert!(well_formed("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"));
+        assert!(!well_formed("eyJhbGciOiJSUzI1NiJ9.eyJzdWIi"));
+        assert!(!well_formed("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0."));
+        assert!(!well_formed("eyJhbGci"));
+        assert!(!well_formed(""));
+        assert!(!well_formed("a b"));
+    }
+
+    /// A renewal caught between truncation and write (as Nomad's in-place rewrite allows) is
+    /// waited out, not fatal.
+    #[test]
+    fn a_token_file_being_rewritten_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nomad_polydev.jwt");
+        std::fs::write(&path, "").unwrap();
+        let src = TokenSource::File(path.clone());
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            std::fs::write(&path, &jwt[..20]).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            std::fs::write(&path, jwt).unwrap();
+        });
+        assert_eq!(src.read().unwrap(), jwt);
+        writer.join().unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use tokio::sync::broadcast;
 
 use super::runner::{self, now_nanos};
-use super::{AllocCommand, JobRec, Shared, eval_event, job_event, signer};
+use super::{AllocCommand, AllocOrder, JobRec, Shared, admission, eval_event, job_event, signer};
 use crate::types::{
     DispatchResponse, Evaluation, EventFrame, JobDeregisterResponse, JobRegisterResponse,
 };
@@ -127,9 +127,12 @@ async fn route(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    if let Some(status) = fail {
+    if let Some((status, body)) = fail {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return text(status, "fake nomad: injected failure");
+        return text(
+            status,
+            body.unwrap_or_else(|| "fake nomad: injected failure".into()),
+        );
     }
     if path == "/.well-known/jwks.json" {
         let jwks = shared.signer().jwks();
@@ -155,13 +158,14 @@ async fn route(
         }
     }
     let q = query_params(uri);
+    let query_namespace = param(&q, "namespace").filter(|n| !n.is_empty());
     let namespace = param(&q, "namespace")
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".into());
 
     if path == "/v1/jobs" {
         return match method {
-            Method::PUT | Method::POST => register(shared, body, None),
+            Method::PUT | Method::POST => register(shared, body, None, query_namespace.as_deref()),
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method"),
         };
     }
@@ -174,8 +178,9 @@ async fn route(
                 return text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method");
             }
             let (ns, id) = (namespace.clone(), job_id.to_owned());
+            let order = shared.cfg.alloc_order;
             return blocking(shared, &q, move |st| {
-                let allocs: Vec<_> = st
+                let mut allocs: Vec<_> = st
                     .allocs
                     .values()
                     .filter(|r| r.alloc.namespace == ns && r.alloc.job_id == id)
@@ -185,12 +190,17 @@ async fn route(
                         a
                     })
                     .collect();
-                let index = allocs
-                    .iter()
-                    .map(|a| a.modify_index)
-                    .max()
-                    .unwrap_or(st.allocs_index);
-                Ok((serde_json::to_value(allocs).unwrap_or_default(), index))
+                if order == AllocOrder::NewestFirst {
+                    allocs.sort_by_key(|a| std::cmp::Reverse(a.create_index));
+                }
+                // Nomad wakes on a change of this job's allocations but answers with the
+                // index of the whole `allocs` table (nomad/job_endpoint.go:1543-1548).
+                let changed = allocs.iter().map(|a| a.modify_index).max().unwrap_or(0);
+                Ok(Found {
+                    value: serde_json::to_value(allocs).unwrap_or_default(),
+                    changed,
+                    index: st.allocs_index,
+                })
             })
             .await;
         }
@@ -208,14 +218,16 @@ async fn route(
                     match st.jobs.get(&(ns.clone(), job_id.clone())) {
                         Some(rec) => {
                             let index = rec.job["ModifyIndex"].as_u64().unwrap_or(st.jobs_index);
-                            Ok((rec.job.clone(), index))
+                            Ok(Found::at(rec.job.clone(), index))
                         }
                         None => Err((StatusCode::NOT_FOUND, "job not found".into())),
                     }
                 })
                 .await
             }
-            Method::PUT | Method::POST => register(shared, body, Some(&job_id)),
+            Method::PUT | Method::POST => {
+                register(shared, body, Some(&job_id), query_namespace.as_deref())
+            }
             Method::DELETE => stop(shared, &job_id, &namespace, &q),
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method"),
         };
@@ -229,7 +241,7 @@ async fn route(
             Some(rec) => {
                 let mut a = rec.alloc.clone();
                 a.job = Some(rec.job.clone());
-                Ok((
+                Ok(Found::at(
                     serde_json::to_value(a).unwrap_or_default(),
                     rec.alloc.modify_index,
                 ))
@@ -244,7 +256,10 @@ async fn route(
         }
         let id = eval_id.to_owned();
         return blocking(shared, &q, move |st| match st.evals.get(&id) {
-            Some(e) => Ok((serde_json::to_value(e).unwrap_or_default(), e.modify_index)),
+            Some(e) => Ok(Found::at(
+                serde_json::to_value(e).unwrap_or_default(),
+                e.modify_index,
+            )),
             None => Err((StatusCode::NOT_FOUND, "eval not found".into())),
         })
         .await;
@@ -252,11 +267,30 @@ async fn route(
     text(StatusCode::NOT_FOUND, "Not found")
 }
 
-type Lookup = Result<(serde_json::Value, u64), (StatusCode, String)>;
+/// What a blocking read found: the value, the index of its last change (what the query
+/// waits on) and the index to answer with (`X-Nomad-Index`; a table index may be higher).
+struct Found {
+    value: serde_json::Value,
+    changed: u64,
+    index: u64,
+}
+
+impl Found {
+    fn at(value: serde_json::Value, index: u64) -> Found {
+        Found {
+            value,
+            changed: index,
+            index,
+        }
+    }
+}
+
+type Lookup = Result<Found, (StatusCode, String)>;
 
 /// A blocking query: answer at once unless `index` is given and the resource's index has not
-/// passed it; then wait for a change until `wait` (default 5 min, max 10 min, plus up to
-/// `wait/16` of jitter as Nomad does).
+/// passed it; then wait for a change until `wait` (default and maximum 5 min,
+/// `MaxBlockingRPCQueryTime`, plus up to `wait/16` of jitter as Nomad does:
+/// nomad/structs/structs.go:192-214, 339-348; nomad/rpc.go:853-869).
 async fn blocking(
     shared: &Arc<Shared>,
     q: &[(String, String)],
@@ -266,7 +300,7 @@ async fn blocking(
     let wait = param(q, "wait")
         .and_then(|w| parse_wait(&w))
         .unwrap_or(Duration::from_secs(300))
-        .min(Duration::from_secs(600));
+        .min(Duration::from_secs(300));
     let wait =
         wait + Duration::from_nanos(now_nanos().unsigned_abs() % (wait.as_nanos() as u64 / 16 + 1));
     let deadline = tokio::time::Instant::now() + wait;
@@ -276,61 +310,30 @@ async fn blocking(
             let st = shared.lock();
             lookup(&st)
         };
-        let (value, index) = match result {
+        let found = match result {
             Ok(v) => v,
             Err((status, msg)) => return text(status, msg),
         };
-        if min_index == 0 || index > min_index {
-            return json(&value, index.max(1));
+        if min_index == 0 || found.changed > min_index {
+            return json(&found.value, found.index.max(1));
         }
         if tokio::time::timeout_at(deadline, changes.changed())
             .await
             .is_err()
         {
-            return json(&value, index.max(1));
+            return json(&found.value, found.index.max(1));
         }
     }
 }
 
-/// Defaults Nomad's canonicalization fills in for the fields the fake uses.
-fn canonicalize(job: &mut serde_json::Value, namespace: &str, region: &str) {
-    let obj = match job.as_object_mut() {
-        Some(o) => o,
-        None => return,
-    };
-    let id = obj
-        .get("ID")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let mut default = |k: &str, v: serde_json::Value| {
-        if obj.get(k).is_none_or(|x| x.is_null() || x == "") {
-            obj.insert(k.to_owned(), v);
-        }
-    };
-    default("Name", id.into());
-    default("Namespace", namespace.into());
-    default("Region", region.into());
-    default("Type", "service".into());
-    default("Datacenters", serde_json::json!(["*"]));
-    default("Priority", 50.into());
-    default("ParentID", "".into());
-    default("Payload", serde_json::Value::Null);
-    default("Meta", serde_json::Value::Null);
-    obj.insert("Stop".into(), false.into());
-    if obj.get("Dispatched").is_none() {
-        obj.insert("Dispatched".into(), false.into());
-    }
-    if let Some(groups) = obj.get_mut("TaskGroups").and_then(|g| g.as_array_mut()) {
-        for g in groups {
-            if g.get("Count").is_none() {
-                g["Count"] = 1.into();
-            }
-        }
-    }
-}
-
-fn register(shared: &Arc<Shared>, body: &[u8], path_id: Option<&str>) -> Response {
+/// `PUT /v1/jobs` (or `/v1/job/:id`): canonicalize, admit (Nomad's validation, 500 with its
+/// text; warnings returned), store.
+fn register(
+    shared: &Arc<Shared>,
+    body: &[u8],
+    path_id: Option<&str>,
+    query_namespace: Option<&str>,
+) -> Response {
     let req: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
@@ -350,13 +353,22 @@ fn register(shared: &Arc<Shared>, body: &[u8], path_id: Option<&str>) -> Respons
             "job can't be submitted with 'Dispatched' set",
         );
     }
-    let namespace = job
-        .get("Namespace")
-        .and_then(|n| n.as_str())
-        .filter(|n| !n.is_empty())
+    // The request's `?namespace=` wins over the body's (command/agent/job_endpoint.go:1109-1126).
+    let namespace = query_namespace
+        .or_else(|| {
+            job.get("Namespace")
+                .and_then(|n| n.as_str())
+                .filter(|n| !n.is_empty())
+        })
         .unwrap_or("default")
         .to_owned();
-    canonicalize(&mut job, &namespace, &shared.cfg.region);
+    job["Namespace"] = namespace.clone().into();
+    admission::canonicalize(&mut job, &namespace, &shared.cfg.region);
+    // Validation errors are plain errors, so HTTP 500 (command/agent/http.go:761-790).
+    let warnings = match admission::validate(&job, shared.cfg.memory_oversubscription) {
+        Ok(w) => admission::warnings_text(&w),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     let parameterized = job.get("ParameterizedJob").is_some_and(|p| !p.is_null());
     let rng = ring::rand::SystemRandom::new();
     let (resp, eval_id) = shared.mutate(|st, index| {
@@ -393,6 +405,7 @@ fn register(shared: &Arc<Shared>, body: &[u8], path_id: Option<&str>) -> Respons
                     eval_id: eval_id.clone().unwrap_or_default(),
                     eval_create_index: if eval_id.is_some() { index } else { 0 },
                     job_modify_index: index,
+                    warnings: warnings.clone(),
                     index,
                     ..JobRegisterResponse::default()
                 },
@@ -454,13 +467,13 @@ fn dispatch(
         meta: BTreeMap<String, String>,
         id_prefix_template: String,
     }
-    let req: Req = if body.is_empty() {
-        Req::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-        }
+    // `decodeBody` refuses an empty body (command/agent/http.go:870-878).
+    if body.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "Request body is empty");
+    }
+    let req: Req = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if !req.job_id.is_empty() && req.job_id != job_id {
         return text(StatusCode::BAD_REQUEST, "Job ID does not match");
@@ -766,6 +779,10 @@ fn event_stream(shared: &Arc<Shared>, q: &[(String, String)], namespace: &str) -
     let heartbeat = shared.cfg.heartbeat_interval;
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
+        // Nomad sends `{}` once on connect, then every 30 s (nomad/stream/ndjson.go:38-50).
+        if tx.send(Bytes::from_static(b"{}\n")).await.is_err() {
+            return;
+        }
         let mut sent = 0u64;
         for frame in backlog {
             if let Some(f) = filter_frame(&frame, &topics, &namespace) {

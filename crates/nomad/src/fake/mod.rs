@@ -17,17 +17,30 @@
 //! `ClientStatus` (pending → running → complete/failed, or lost), and stops processes with
 //! SIGTERM then SIGKILL after `KillTimeout` when a job is stopped.
 //!
-//! Failure knobs: API errors (500 or any status) and slow responses for the next N requests
-//! (optionally only on paths containing a string), allocations that fail to start (driver
-//! failure), placements that fail (blocked evaluation), allocations lost mid-run, identity and
-//! signing-key rotation, and minting arbitrary tokens.
+//! It is as strict as Nomad where that matters (issue 10; `shared/reference/nomad-fidelity.md`):
+//! registration canonicalizes and validates the job as Nomad does and answers a refusal with
+//! Nomad's HTTP 500 and text, and memory oversubscription (off by default, as in Nomad) with
+//! Nomad's warning (`admission`); a lost allocation is replaced in the same plan whatever the
+//! reschedule policy; a job's allocations are listed by ID (random with respect to creation,
+//! [`AllocOrder`]); token files are rewritten in place, not atomically; `sub` carries the
+//! parent job's ID; the event stream sends `{}` on connect; blocking queries stop at 300 s; the
+//! event buffer keeps 100 frames.
+//!
+//! Failure knobs: API errors (500 or any status, optionally with a given body) and slow
+//! responses for the next N requests (optionally only on paths containing a string),
+//! allocations that fail to start (driver failure), placements that fail (blocked evaluation),
+//! allocations lost mid-run (and replaced), identity and signing-key rotation (with a pause
+//! inside the in-place write), and minting arbitrary tokens.
 //!
 //! Where it is simpler than Nomad (documented, not hidden): one node; no Raft, so indexes are
 //! one counter; allocation status updates are immediate (Nomad batches them every 200 ms); a
-//! purged job's terminal allocations are garbage collected at once; only the docker task
-//! driver's `image`/`args`/`command` matter (the rest of `Config` is stored, not enforced).
-//! It listens on loopback only.
+//! purged job's terminal allocations are garbage collected at once (Nomad keeps allocations and
+//! evaluations until its core GC); admission checks only the rules a runtime-like job can trip
+//! (`admission` lists them); only the docker task driver's `image`/`args`/`command` matter (the
+//! rest of `Config` is stored, not enforced: no `allow_runtimes`, no capabilities); no
+//! `disconnect` block (`unknown` allocations). It listens on loopback only.
 
+mod admission;
 mod http;
 mod keys;
 mod runner;
@@ -41,6 +54,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+pub use admission::check_job;
 pub use signer::SigningAlg;
 
 use crate::config::NomadConfig;
@@ -66,6 +80,27 @@ pub struct FakeConfig {
     pub start_delay: Duration,
     /// Extra environment for every task (tests: e.g. `EXTRA_CA_CERTS`).
     pub extra_env: Vec<(String, String)>,
+    /// The cluster's scheduler has memory oversubscription enabled. Nomad's default is off,
+    /// and then registering a job whose task sets `MemoryMaxMB` returns a warning
+    /// (nomad/job_endpoint_hooks.go:617-645).
+    pub memory_oversubscription: bool,
+    /// Order of `GET /v1/job/:id/allocations`.
+    pub alloc_order: AllocOrder,
+    /// Pause between truncating a token file and writing the new token when identities are
+    /// renewed, to widen the window in which a reader sees it empty (tests of readers).
+    pub token_write_pause: Duration,
+}
+
+/// The order in which the fake lists a job's allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocOrder {
+    /// By allocation ID, i.e. random with respect to creation: what Nomad does, iterating the
+    /// non-unique `job` index of its `allocs` table, whose ties go by the UUID primary key
+    /// (nomad/state/state_store.go:4616-4654; go-memdb semantics, inferred).
+    #[default]
+    ById,
+    /// Newest first: a replacement before the allocation it replaces (a test's worst case).
+    NewestFirst,
 }
 
 impl FakeConfig {
@@ -77,10 +112,14 @@ impl FakeConfig {
             datacenter: "dc1".into(),
             signing: SigningAlg::Rs256,
             heartbeat_interval: Duration::from_secs(30),
-            event_buffer_size: 1000,
+            // Nomad's `event_buffer_size` default (command/agent/config.go:1883).
+            event_buffer_size: 100,
             schedule_delay: Duration::from_millis(5),
             start_delay: Duration::from_millis(5),
             extra_env: Vec::new(),
+            memory_oversubscription: false,
+            alloc_order: AllocOrder::ById,
+            token_write_pause: Duration::ZERO,
         }
     }
 }
@@ -104,6 +143,8 @@ struct FailRule {
     path_contains: Option<String>,
     status: u16,
     remaining: usize,
+    /// The body answered; a generic message if `None`.
+    body: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -126,12 +167,12 @@ pub(crate) struct Knobs {
 }
 
 impl Knobs {
-    fn take_fail(&mut self, path: &str) -> Option<u16> {
+    fn take_fail(&mut self, path: &str) -> Option<(u16, Option<String>)> {
         let rule = self.fail.iter_mut().find(|r| {
             r.remaining > 0 && r.path_contains.as_deref().is_none_or(|p| path.contains(p))
         })?;
         rule.remaining -= 1;
-        Some(rule.status)
+        Some((rule.status, rule.body.clone()))
     }
 
     fn take_delay(&mut self, path: &str, after: bool) -> Option<Duration> {
@@ -170,7 +211,10 @@ impl JobRec {
 pub(crate) enum AllocCommand {
     Run,
     Stop,
+    /// Its node went down: the allocation becomes `lost` and Nomad places a replacement.
     Lose,
+    /// The fake is going away: killed and marked `lost`, nothing replaced.
+    Kill,
 }
 
 pub(crate) struct AllocRec {
@@ -330,6 +374,18 @@ impl FakeNomad {
             path_contains: (!path_contains.is_empty()).then(|| path_contains.to_owned()),
             status,
             remaining: n,
+            body: None,
+        });
+    }
+
+    /// Like [`FakeNomad::fail_requests_matching`], answering `body` (e.g. one of Nomad's
+    /// validation errors).
+    pub fn fail_requests_with(&self, path_contains: &str, n: usize, status: u16, body: &str) {
+        self.shared.lock().knobs.fail.push(FailRule {
+            path_contains: (!path_contains.is_empty()).then(|| path_contains.to_owned()),
+            status,
+            remaining: n,
+            body: Some(body.to_owned()),
         });
     }
 
@@ -370,8 +426,13 @@ impl FakeNomad {
         self.shared.lock().knobs.fail_placements += n;
     }
 
-    /// Loses an allocation mid-run (its node went down): the process is killed and the
-    /// allocation becomes `lost`. Returns false if it is unknown or already terminal.
+    /// Loses an allocation mid-run (its node went down): the process is killed, the
+    /// allocation becomes `lost` (`DesiredStatus: stop`, `DesiredDescription` "alloc is lost
+    /// since its node is down", `ClientDescription` left as it was: nomad/structs/plan.go:
+    /// 155-181) and, as Nomad does whatever the reschedule policy says, a replacement
+    /// allocation of the same job is placed in the same plan, with `PreviousAllocation` set
+    /// (scheduler/reconciler/reconcile_cluster.go:866-876, 933-943; unless the job is stopped).
+    /// Returns false if it is unknown or already terminal.
     pub fn lose_allocation(&self, alloc_id: &str) -> bool {
         let st = self.shared.lock();
         match st.allocs.get(alloc_id) {
@@ -387,7 +448,10 @@ impl FakeNomad {
     }
 
     /// Re-signs every live allocation's identities (new `iat`/`exp`/`jti`) and rewrites the
-    /// token files, as a Nomad client renewing identities does.
+    /// token files in place (truncate, then write, pausing `token_write_pause` in between), as
+    /// a Nomad client renewing identities does: `users.WriteFileFor` falls back to
+    /// `os.WriteFile` when the task's `user` is not a host user name, as `65534:65534` is not
+    /// (helper/users/lookup.go:69-103). A reader can see the file empty or half-written.
     pub fn rotate_identities(&self) -> usize {
         runner::rotate_identities(&self.shared)
     }
@@ -525,7 +589,7 @@ impl FakeNomad {
                 runner::signal(pid, true);
             }
             if let Some(ctl) = &rec.control {
-                ctl.send_replace(AllocCommand::Lose);
+                ctl.send_replace(AllocCommand::Kill);
             }
         }
     }

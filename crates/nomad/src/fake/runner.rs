@@ -116,7 +116,9 @@ impl IdentitySpec {
                         .filter_map(|x| x.as_str().map(str::to_owned))
                         .collect()
                 })
-                .unwrap_or_else(|| vec![name.clone()])
+                // No default: Nomad only warns that such an identity is insecure
+                // (nomad/structs/workload_id.go:500-511).
+                .unwrap_or_default()
         };
         IdentitySpec {
             name,
@@ -388,8 +390,32 @@ fn place(shared: &Arc<Shared>, eval_id: &str) -> Vec<(String, watch::Receiver<Al
     })
 }
 
+/// What Nomad's `os.WriteFile` does (helper/users/lookup.go:80-103): open with truncation,
+/// then write; not atomic. The write goes in two halves with `pause` after the first, so a
+/// test reader can catch the file empty or half-written.
+fn write_in_place(path: &Path, bytes: &[u8], pause: Duration) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o666)
+        .open(path)?;
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    if !pause.is_zero() {
+        std::thread::sleep(pause);
+    }
+    f.write_all(first)?;
+    f.flush()?;
+    if !pause.is_zero() {
+        std::thread::sleep(pause);
+    }
+    f.write_all(second)
+}
+
 /// Signs every identity of `alloc_id` and writes the files; returns how many were written.
-fn write_identities(shared: &Shared, alloc_id: &str) -> std::io::Result<usize> {
+fn write_identities(shared: &Shared, alloc_id: &str, pause: Duration) -> std::io::Result<usize> {
     let (alloc, job, task_dir, task, group, identities) = {
         let st = shared.lock();
         let Some(rec) = st.allocs.get(alloc_id) else {
@@ -413,14 +439,9 @@ fn write_identities(shared: &Shared, alloc_id: &str) -> std::io::Result<usize> {
             .unwrap_or_default()
             .to_owned()
     };
-    let job_id = get("ID");
     let parent = get("ParentID");
     // GetIDforWorkloadIdentity: dispatched children use the parent's ID.
-    let claim_job = if parent.is_empty() {
-        job_id.clone()
-    } else {
-        parent
-    };
+    let claim_job = if parent.is_empty() { get("ID") } else { parent };
     let region = Some(get("Region"))
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| shared.cfg.region.clone());
@@ -432,7 +453,9 @@ fn write_identities(shared: &Shared, alloc_id: &str) -> std::io::Result<usize> {
             "nomad_job_id": claim_job,
             "nomad_allocation_id": alloc.id,
             "nomad_task": task,
-            "sub": format!("{region}:{}:{job_id}:{group}:{task}:{}", alloc.namespace, id.name),
+            // The job part is the parent's ID for dispatched children since 1.8.4/1.9.0
+            // (nomad/structs/identity.go:170-185).
+            "sub": format!("{region}:{}:{claim_job}:{group}:{task}:{}", alloc.namespace, id.name),
             "iat": now,
             "nbf": now,
             "jti": signer::uuid(shared.signer().rng()),
@@ -445,10 +468,7 @@ fn write_identities(shared: &Shared, alloc_id: &str) -> std::io::Result<usize> {
             .signer()
             .sign(&claims)
             .map_err(std::io::Error::other)?;
-        let path = id.path(&task_dir);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, token)?;
-        std::fs::rename(&tmp, &path)?;
+        write_in_place(&id.path(&task_dir), token.as_bytes(), pause)?;
         written += 1;
     }
     Ok(written)
@@ -463,7 +483,7 @@ pub(crate) fn rotate_identities(shared: &Shared) -> usize {
         .map(|(id, _)| id.clone())
         .collect();
     live.iter()
-        .map(|id| write_identities(shared, id).unwrap_or(0))
+        .map(|id| write_identities(shared, id, shared.cfg.token_write_pause).unwrap_or(0))
         .sum()
 }
 
@@ -667,6 +687,105 @@ fn terminate(shared: &Shared, alloc_id: &str, client_status: &str, f: impl FnOnc
     });
 }
 
+/// The allocation is lost: `lost`, desired `stop` with Nomad's reason in
+/// `DesiredDescription` only (nomad/structs/plan.go:155-181, scheduler/structs/const.go:22).
+/// With `replace`, a replacement is placed in the same plan (one index), as Nomad's reconciler
+/// does for lost allocations whatever the reschedule policy
+/// (scheduler/reconciler/reconcile_cluster.go:933-943), unless the job is stopped or gone.
+fn lose(shared: &Arc<Shared>, alloc_id: &str, replace: bool) {
+    let placed = shared.mutate(|st, index| {
+        let Some(rec) = st.allocs.get_mut(alloc_id) else {
+            return (None, Vec::new());
+        };
+        // The node is gone, so nothing updates the task states any more.
+        rec.alloc.client_status = "lost".into();
+        rec.alloc.desired_status = "stop".into();
+        rec.alloc.desired_description = ALLOC_LOST.into();
+        rec.alloc.modify_index = index;
+        rec.alloc.modify_time = now_nanos();
+        rec.pid = None;
+        rec.control = None;
+        rec.task_dir = None;
+        let lost = rec.alloc.clone();
+        let key = (lost.namespace.clone(), lost.job_id.clone());
+        st.allocs_index = index;
+        let mut events = vec![alloc_event("AllocationUpdated", &lost)];
+        let live_job = st
+            .jobs
+            .get(&key)
+            .is_some_and(|j| j.job["Stop"].as_bool() != Some(true));
+        if !(replace && live_job) {
+            events.extend(finish_job_if_done(st, &key, index));
+            return (None, events);
+        }
+        let Some(template) = st.allocs.get(alloc_id) else {
+            return (None, events);
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let now = now_nanos();
+        let eval = Evaluation {
+            id: signer::uuid(&rng),
+            namespace: lost.namespace.clone(),
+            priority: 50,
+            eval_type: lost.job_type.clone(),
+            triggered_by: "node-update".into(),
+            job_id: lost.job_id.clone(),
+            status: "complete".into(),
+            create_index: index,
+            modify_index: index,
+            create_time: now,
+            modify_time: now,
+            ..Evaluation::default()
+        };
+        let id = signer::uuid(&rng);
+        let mut alloc = Allocation {
+            id: id.clone(),
+            eval_id: eval.id.clone(),
+            previous_allocation: lost.id.clone(),
+            desired_status: "run".into(),
+            desired_description: String::new(),
+            client_status: "pending".into(),
+            client_description: String::new(),
+            task_states: None,
+            followup_eval_id: String::new(),
+            job: None,
+            create_index: index,
+            modify_index: index,
+            alloc_modify_index: index,
+            create_time: now,
+            modify_time: now,
+            ..lost.clone()
+        };
+        push_event(
+            &mut alloc,
+            &template.task_name,
+            task_event("Received", |e| e.message = "Task received by client".into()),
+        );
+        let (tx, rx) = watch::channel(AllocCommand::Run);
+        let rec = AllocRec {
+            alloc: alloc.clone(),
+            job: template.job.clone(),
+            control: Some(tx),
+            task_dir: None,
+            identities: template.identities.clone(),
+            task_name: template.task_name.clone(),
+            group: template.group.clone(),
+            stderr: Arc::new(Mutex::new(Vec::new())),
+            pid: None,
+        };
+        events.push(eval_event(&eval));
+        events.push(alloc_event("PlanResult", &alloc));
+        st.evals.insert(eval.id.clone(), eval);
+        st.evals_index = index;
+        st.allocs.insert(id.clone(), rec);
+        (Some((id, rx)), events)
+    });
+    if let Some((id, rx)) = placed {
+        let shared = shared.clone();
+        tokio::spawn(async move { run_alloc(shared, id, rx).await });
+    }
+}
+
 fn mark_dead(rec: &mut AllocRec, failed: bool) {
     let task = rec.task_name.clone();
     if let Some(state) = rec
@@ -683,17 +802,17 @@ fn mark_dead(rec: &mut AllocRec, failed: bool) {
 
 async fn run_alloc(shared: Arc<Shared>, alloc_id: String, mut ctl: watch::Receiver<AllocCommand>) {
     tokio::time::sleep(shared.cfg.start_delay).await;
-    if *ctl.borrow() != AllocCommand::Run {
-        let lost = *ctl.borrow() == AllocCommand::Lose;
-        terminate(
-            &shared,
-            &alloc_id,
-            if lost { "lost" } else { "complete" },
-            |rec| {
-                mark_dead(rec, false);
-            },
-        );
-        return;
+    let cmd = *ctl.borrow();
+    match cmd {
+        AllocCommand::Run => {}
+        AllocCommand::Stop => {
+            terminate(&shared, &alloc_id, "complete", |rec| mark_dead(rec, false));
+            return;
+        }
+        AllocCommand::Lose | AllocCommand::Kill => {
+            lose(&shared, &alloc_id, cmd == AllocCommand::Lose);
+            return;
+        }
     }
     // Task directory: <alloc>/alloc, <alloc>/<task>/{local,secrets}.
     let root = match tempfile::Builder::new()
@@ -745,7 +864,7 @@ async fn run_alloc(shared: Arc<Shared>, alloc_id: String, mut ctl: watch::Receiv
     if task_name.is_none() {
         return;
     }
-    if let Err(e) = write_identities(&shared, &alloc_id) {
+    if let Err(e) = write_identities(&shared, &alloc_id, Duration::ZERO) {
         fail_to_start(
             &shared,
             &alloc_id,
@@ -819,17 +938,13 @@ async fn run_alloc(shared: Arc<Shared>, alloc_id: String, mut ctl: watch::Receiv
         tokio::select! {
             status = child.wait() => break status,
             changed = ctl.changed(), if !killing => {
-                let cmd = if changed.is_err() { AllocCommand::Lose } else { *ctl.borrow() };
+                let cmd = if changed.is_err() { AllocCommand::Kill } else { *ctl.borrow() };
                 match cmd {
                     AllocCommand::Run => {}
-                    AllocCommand::Lose => {
+                    AllocCommand::Lose | AllocCommand::Kill => {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
-                        terminate(&shared, &alloc_id, "lost", |rec| {
-                            rec.alloc.client_description = ALLOC_LOST.into();
-                            rec.alloc.desired_status = "stop".into();
-                            rec.alloc.desired_description = ALLOC_LOST.into();
-                        });
+                        lose(&shared, &alloc_id, cmd == AllocCommand::Lose);
                         return;
                     }
                     AllocCommand::Stop => {

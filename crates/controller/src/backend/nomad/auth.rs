@@ -8,7 +8,8 @@
 //! answer names the dispatched child job (and carries its `Meta.instance_id`); both must lead
 //! to an instance this controller dispatched and has not finished. The binding is then cached:
 //! one allocation per instance, and an instance whose report has begun is refused from then on
-//! (single redemption, as with the process backend's tokens).
+//! (single redemption, as with the process backend's tokens). A replacement allocation (Nomad
+//! replaces lost ones whatever the reschedule policy) is refused outright.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,6 +76,11 @@ impl Ledger {
                 true
             }
         }
+    }
+
+    /// The allocation bound to `id`, if any.
+    pub(super) fn alloc_of(&self, id: &InstanceId) -> Option<String> {
+        self.lock().instances.get(id).and_then(|e| e.alloc.clone())
     }
 
     /// The instance is finished: nothing authenticates as it any more.
@@ -149,6 +155,13 @@ impl NomadAuthenticator {
             })?
             .value;
         if alloc.status().is_terminal() || alloc.id != alloc_id {
+            return Err(AuthError::Invalid);
+        }
+        // A replacement Nomad placed for a lost allocation (it names the one it replaces:
+        // scheduler/generic_sched.go:664-666) never gets a job: the instance's job belongs to
+        // the first allocation, and running it twice is what the job's policies forbid.
+        if !alloc.previous_allocation.is_empty() {
+            tracing::warn!(allocation = %alloc_id, replaces = %alloc.previous_allocation, "nomad backend: refused a replacement allocation");
             return Err(AuthError::Invalid);
         }
         let meta_instance = alloc

@@ -2,8 +2,11 @@
 //! of a parameterized batch job, and fetches its job from the controller (pull mode).
 //!
 //! Why it works this way (orchestration.md §1–3, docs/nomad.md):
-//! - **One registered job, many dispatches.** At start the backend registers
-//!   [`polydev_nomad::runtime_job`] (the hardened job; `nomad-spec` prints the same document).
+//! - **One registered job, many dispatches.** [`NomadBackend::start`] registers
+//!   [`polydev_nomad::runtime_job`] (the hardened job; `nomad-spec` prints the same document)
+//!   before the controller admits any execution, and fails with one clear error if Nomad
+//!   refuses it or cannot be reached; Nomad's registration warnings (memory oversubscription
+//!   off) are logged at WARN.
 //!   A cold execution dispatches one child carrying only opaque IDs in `Meta` (`instance_id`,
 //!   `execution_id`), with the instance ID as idempotency token, so a retried dispatch after a
 //!   lost answer never starts a second runtime. Dispatch Meta and payloads live in Raft and are
@@ -13,10 +16,15 @@
 //!   [`auth::NomadAuthenticator`] verifies the JWT against Nomad's JWKS and maps its allocation
 //!   to the instance dispatched for it, so a job goes only to that allocation, once.
 //! - **Nomad says when it is over.** A supervisor per instance forwards the report's events and
-//!   follows the child's allocations with blocking queries; `Exited` comes from the allocation's
-//!   terminal status (complete, failed, lost), after the report ended. Failed placements, lost
-//!   allocations and a Nomad API that keeps failing end the execution with an error saying so,
-//!   never a hang. The finished child is stopped and purged.
+//!   follows *every* allocation of the child with blocking queries (Nomad lists them in no
+//!   useful order); `Exited` comes from the terminal status (complete, failed, lost) of the
+//!   allocation bound to the instance, after the report ended. Nomad replaces a lost
+//!   allocation even with reschedule attempts 0 (scheduler/reconciler/reconcile_cluster.go:
+//!   933-943): the replacement is refused a job (it carries `PreviousAllocation`, and the
+//!   instance is bound to the original) and the child is stopped, so it never runs a second
+//!   time; the execution ends with Nomad's reason (`DesiredDescription`). Failed placements,
+//!   lost allocations and a Nomad API that keeps failing end the execution with an error
+//!   saying so, never a hang. The finished child is stopped and purged.
 //! - **The warm pool is dispatched instances, not a service job** (a service task that exits
 //!   after its one job would be restarted): [`WarmPool`] with a starter that dispatches an
 //!   idle instance and counts it ready on its first poll. Dropping an idle instance (resize,
@@ -39,7 +47,7 @@ use polydev_nomad::{
 };
 use polydev_protocol::{ErrorEvent, ErrorKind, Event, Job};
 use serde_json::Value;
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -154,7 +162,6 @@ struct Inner {
     registry: Arc<InstanceRegistry>,
     auth: Arc<NomadAuthenticator>,
     ledger: Arc<Ledger>,
-    registered: OnceCell<()>,
     tracker: TaskTracker,
     closing: CancellationToken,
 }
@@ -175,10 +182,11 @@ impl std::fmt::Debug for NomadBackend {
 }
 
 impl NomadBackend {
-    /// Validates the settings, builds the client and starts registering the job and filling
-    /// the pool in the background (a Nomad that is down at start is retried on first use).
-    /// Must be called inside a tokio runtime.
-    pub fn new(cfg: NomadBackendConfig) -> Result<NomadBackend, BackendError> {
+    /// Validates the settings, builds the client, registers the job with Nomad and starts
+    /// filling the pool. Fails, before any execution can be admitted, when Nomad refuses the
+    /// job (its validation error, not retried) or cannot be reached (after the client's
+    /// bounded retries): one error saying which. Must be called inside a tokio runtime.
+    pub async fn start(cfg: NomadBackendConfig) -> Result<NomadBackend, BackendError> {
         let unavailable = |m: String| BackendError::Unavailable(m);
         check_runtime_url(&cfg.job.controller_url).map_err(|e| unavailable(e.to_string()))?;
         let spec = job_spec(&cfg.job, &cfg.runtime_env).map_err(|e| unavailable(e.to_string()))?;
@@ -211,17 +219,11 @@ impl NomadBackend {
             registry,
             auth,
             ledger,
-            registered: OnceCell::new(),
             tracker: TaskTracker::new(),
             closing: CancellationToken::new(),
             cfg,
         });
-        let register = Arc::clone(&inner);
-        tokio::spawn(async move {
-            if let Err(e) = register.ensure_registered().await {
-                tracing::error!(error = %e, "nomad backend: cannot register the runtime job (retried on first use)");
-            }
-        });
+        inner.register().await?;
         let pool = WarmPool::new(
             Starter(Arc::clone(&inner)),
             PoolConfig {
@@ -395,23 +397,31 @@ fn registry_error(e: PullError) -> BackendError {
 }
 
 impl Inner {
-    /// Registers the parameterized job once (retried by later calls while it fails).
-    async fn ensure_registered(&self) -> Result<(), BackendError> {
-        self.registered
-            .get_or_try_init(|| async {
-                self.client
-                    .register_job(&self.spec)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        BackendError::Unavailable(format!(
-                            "cannot register the Nomad job {}: {e}",
-                            self.parent
-                        ))
-                    })
-            })
-            .await
-            .map(|_| ())
+    /// Registers the parameterized job (`PUT /v1/jobs`; re-registering the same spec is a
+    /// no-op for Nomad) and logs Nomad's warnings at WARN: with memory oversubscription off,
+    /// Nomad accepts the job but ignores `memory_max` (nomad/job_endpoint_hooks.go:617-645).
+    async fn register(&self) -> Result<(), BackendError> {
+        match self.client.register_job(&self.spec).await {
+            Ok(resp) => {
+                if !resp.warnings.trim().is_empty() {
+                    tracing::warn!(
+                        job = %self.parent,
+                        warnings = %resp.warnings.trim(),
+                        "nomad backend: Nomad registered the runtime job with warnings"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) if e.is_validation() => Err(BackendError::Unavailable(format!(
+                "Nomad refused the runtime job {} (check `polydev-controller nomad-spec` against \
+                 this Nomad version and its settings): {e}",
+                self.parent
+            ))),
+            Err(e) => Err(BackendError::Unavailable(format!(
+                "cannot register the Nomad job {}: {e}",
+                self.parent
+            ))),
+        }
     }
 
     /// Dispatches the child of instance `id`; returns its job ID and evaluation (none when an
@@ -421,7 +431,6 @@ impl Inner {
         id: &InstanceId,
         execution_id: Option<&str>,
     ) -> Result<(String, Option<String>), BackendError> {
-        self.ensure_registered().await?;
         let mut req = DispatchRequest::new(id.as_str()).meta(META_INSTANCE_ID, id.as_str());
         if let Some(e) = execution_id {
             req = req.meta(META_EXECUTION_ID, e);
@@ -463,30 +472,59 @@ enum Ended {
     Api(NomadError),
 }
 
-/// Follows `child`'s allocations with blocking queries until one is terminal; binds the
-/// allocation to `id` on the way (so the runtime's first request needs no Nomad call).
+/// Follows every allocation of `child` with blocking queries until the instance's own is
+/// terminal. Its own is the one bound to it (by the runtime's first request, or here), else
+/// the child's first (lowest `CreateIndex`): Nomad lists a job's allocations in no useful
+/// order (by ID; nomad/state/state_store.go:4616-4654). Any other live allocation is a
+/// replacement Nomad placed for a lost one (reconcile_cluster.go:933-943): it is refused a job
+/// (see the authenticator) and the child is stopped once, so it does not run the job twice.
 async fn watch(inner: Arc<Inner>, id: InstanceId, child: String, eval: Option<String>) -> Ended {
     let mut index = 0;
     let mut failures = 0u32;
     let mut eval = eval;
+    let mut replacement_stopped = false;
     loop {
         let q = QueryOptions::blocking(index, inner.cfg.watch_wait);
         match inner.client.job_allocations(&child, &q).await {
             Ok(resp) => {
                 failures = 0;
                 index = resp.index.max(index);
-                if let Some(a) = resp.value.first() {
-                    if a.status().is_terminal() {
+                let allocs = resp.value;
+                let bound = inner
+                    .ledger
+                    .alloc_of(&id)
+                    .and_then(|b| allocs.iter().find(|a| a.id == b));
+                let first = allocs
+                    .iter()
+                    .min_by(|a, b| (a.create_index, &a.id).cmp(&(b.create_index, &b.id)));
+                if let Some(mine) = bound.or(first) {
+                    inner.ledger.bind(&id, &mine.id);
+                    let others: Vec<&str> = allocs
+                        .iter()
+                        .filter(|a| a.id != mine.id && !a.status().is_terminal())
+                        .map(|a| a.id.as_str())
+                        .collect();
+                    if !others.is_empty() && !replacement_stopped {
+                        replacement_stopped = true;
+                        tracing::warn!(
+                            instance = %id, child, allocation = %mine.id, replacements = ?others,
+                            why = %mine.desired_description,
+                            "nomad backend: Nomad placed a replacement allocation; stopping the child so it does not run twice"
+                        );
+                        if let Err(e) = inner.client.stop_job(&child, false).await {
+                            tracing::warn!(child, error = %e, "nomad backend: cannot stop a dispatched job");
+                        }
+                    }
+                    if mine.status().is_terminal() {
                         // The list is a stub; the full allocation has the task events.
                         let full = inner
                             .client
-                            .read_allocation(&a.id, &QueryOptions::default())
+                            .read_allocation(&mine.id, &QueryOptions::default())
                             .await
                             .map(|r| r.value)
-                            .unwrap_or_else(|_| a.clone());
+                            .unwrap_or_else(|_| mine.clone());
                         return Ended::Alloc(Box::new(full));
                     }
-                    inner.ledger.bind(&id, &a.id);
                 } else if let Some(e) = eval.clone() {
                     match inner
                         .client
@@ -516,6 +554,20 @@ async fn watch(inner: Arc<Inner>, id: InstanceId, child: String, eval: Option<St
 }
 
 impl Ended {
+    /// `err` (an internal error that ended the report), with Nomad's reason instead when the
+    /// allocation was lost: the cut stream was a consequence, not the cause.
+    fn explain(&self, err: ErrorEvent) -> ErrorEvent {
+        match self {
+            Ended::Alloc(a) if a.status() == polydev_nomad::types::ClientStatus::Lost => {
+                match self.describe().1 {
+                    Some(message) => ErrorEvent { message, ..err },
+                    None => err,
+                }
+            }
+            _ => err,
+        }
+    }
+
     /// `ExitInfo` for the controller, and a client-safe message when the runtime could not
     /// have reported a result itself.
     fn describe(&self) -> (ExitInfo, Option<String>) {
@@ -524,11 +576,15 @@ impl Ended {
                 let code = a.exit_code(TASK_NAME);
                 let summary = a.failure_summary(TASK_NAME);
                 let message = match a.status() {
-                    polydev_nomad::types::ClientStatus::Lost => Some(
-                        "the Nomad allocation running the runtime was lost (its node went down \
-                         or lost contact)"
-                            .to_owned(),
-                    ),
+                    polydev_nomad::types::ClientStatus::Lost => Some(format!(
+                        "the Nomad allocation running the runtime was lost ({}); a \
+                         replacement Nomad places is stopped, never given the job",
+                        if a.desired_description.is_empty() {
+                            "its node went down or lost contact"
+                        } else {
+                            &a.desired_description
+                        }
+                    )),
                     polydev_nomad::types::ClientStatus::Failed if code.is_none() => Some(format!(
                         "the Nomad allocation failed: {}",
                         summary
@@ -543,7 +599,7 @@ impl Ended {
                         code,
                         signal: None,
                         detail: summary,
-                        oom_killed: false,
+                        oom_killed: a.oom_killed(TASK_NAME),
                     },
                     message,
                 )
@@ -658,8 +714,12 @@ impl Supervisor {
         let mut ended: Option<Ended> = None;
         let mut drain_until: Option<Instant> = None;
         let mut give_up_at: Option<Instant> = None;
+        // An internal error ending the report (typically "the runtime vanished mid-job") is
+        // held until Nomad says how the allocation ended (at most the drain grace), so that a
+        // lost allocation is reported with Nomad's reason rather than a cut stream.
+        let mut held: Option<(ErrorEvent, Instant)> = None;
         loop {
-            if ended.is_some() && !feed_open {
+            if ended.is_some() && !feed_open && held.is_none() {
                 break;
             }
             tokio::select! {
@@ -668,6 +728,20 @@ impl Supervisor {
                         if let InstanceOutput::Event(e) = &item && e.is_terminal() {
                             terminal_seen = true;
                         }
+                        let item = match item {
+                            InstanceOutput::Event(Event::Error(err))
+                                if err.kind == ErrorKind::Internal && held.is_none() =>
+                            {
+                                match &ended {
+                                    Some(e) => InstanceOutput::Event(Event::Error(e.explain(err))),
+                                    None => {
+                                        held = Some((err, Instant::now() + inner.cfg.drain_grace));
+                                        continue;
+                                    }
+                                }
+                            }
+                            other => other,
+                        };
                         if out.send(item).await.is_err() && !stopped {
                             stopped = true;
                             give_up_at = Some(Instant::now() + inner.cfg.stop_timeout);
@@ -703,8 +777,16 @@ impl Supervisor {
                     }
                     // Ends the slot: its feed sender goes, the report's follows when it ends.
                     inner.registry.remove(&self.id);
+                    if let Some((err, _)) = held.take() {
+                        let _ = out.send(InstanceOutput::Event(Event::Error(e.explain(err)))).await;
+                    }
                     ended = Some(e);
                     drain_until = Some(Instant::now() + inner.cfg.drain_grace);
+                }
+                () = sleep_opt(held.as_ref().map(|h| h.1)), if held.is_some() => {
+                    if let Some((err, _)) = held.take() {
+                        let _ = out.send(InstanceOutput::Event(Event::Error(err))).await;
+                    }
                 }
                 () = sleep_opt(drain_until), if drain_until.is_some() && feed_open => {
                     tracing::warn!(instance = %self.id, "nomad backend: the report did not end after the allocation did");
