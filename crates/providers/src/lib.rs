@@ -60,6 +60,40 @@ pub fn default_model(p: Provider) -> &'static str {
     }
 }
 
+/// Models the controller's front doors advertise (`GET /v1/models`), the default first: the
+/// current families listed in the official SDKs' model enums (reference/wire-formats.md 7.2).
+/// Any other model id still works; this list is only what clients are shown.
+pub fn known_models(p: Provider) -> &'static [&'static str] {
+    match p {
+        Provider::OpenAi => &[
+            "gpt-5-mini",
+            "gpt-5",
+            "gpt-5-nano",
+            "gpt-5.5",
+            "gpt-5.4-mini",
+            "gpt-4.1",
+            "gpt-4.1-mini",
+            "gpt-4o-mini",
+            "o3",
+            "o4-mini",
+        ],
+        Provider::Anthropic => &[
+            "claude-haiku-4-5",
+            "claude-sonnet-4-6",
+            "claude-sonnet-5",
+            "claude-opus-4-8",
+            "claude-opus-5",
+        ],
+        Provider::Google => &[
+            "gemini-3.5-flash",
+            "gemini-3.1-flash-lite",
+            "gemini-3.1-pro-preview",
+            "gemini-2.5-flash",
+            "gemini-2.5-pro",
+        ],
+    }
+}
+
 /// The API base URL each official SDK defaults to. OpenAI's includes `/v1`; the others do not.
 pub fn default_base_url(p: Provider) -> &'static str {
     match p {
@@ -77,6 +111,7 @@ mod tests {
     fn defaults_cover_every_provider() {
         for p in Provider::ALL {
             assert!(!default_model(p).is_empty());
+            assert_eq!(known_models(p).first(), Some(&default_model(p)));
             assert!(default_base_url(p).starts_with("https://"));
             assert!(!default_base_url(p).ends_with('/'));
         }

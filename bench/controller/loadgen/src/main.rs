@@ -13,8 +13,10 @@
 //! `--expect-text`, exactly one terminal event and it is `end`, nothing after it, the chunked
 //! body terminated). One JSON line per execution goes to `--out`; a summary to stdout.
 //!
-//! `c1`: one request at a time, interleaved rounds of five variants: through a controller with
-//! a warm pool (`ctl_warm`), through a controller without one (`ctl_cold`), a pre-started warm
+//! `c1`: one request at a time, interleaved rounds of six variants: through a controller with
+//! a warm pool (`ctl_warm`), the same through its OpenAI front door (`ctl_door`: a streamed
+//! `POST /v1/chat/completions`, time to the first `delta.content` chunk), through a controller
+//! without a pool (`ctl_cold`), a pre-started warm
 //! runtime alone (`rt_warm`: job line written to the stdin of a runtime that printed `ready`),
 //! and a runtime spawned for the job (`rt_cold`: `polydev-runtime run --job -`), plus a
 //! diagnostic (`rt_warm_refill`: `rt_warm` with a replacement warm runtime started right after
@@ -403,7 +405,12 @@ struct Ctl {
 
 impl Ctl {
     fn request(&self, method: &str, path: &str, body: Option<&str>, sse: bool) -> String {
-        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.hp);
+        self.request_with(method, path, body, sse, "")
+    }
+
+    /// [`Ctl::request`] with extra header lines (each ending in `\r\n`).
+    fn request_with(&self, method: &str, path: &str, body: Option<&str>, sse: bool, extra: &str) -> String {
+        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra}", self.hp);
         if sse {
             r.push_str("Accept: text/event-stream\r\n");
         } else {
@@ -669,6 +676,89 @@ async fn run_stream(
     Ok(())
 }
 
+/// One streamed chat completion through the controller's OpenAI door (`ctl_door`): the time to
+/// the first chunk with `delta.content`, the text checked against the expected answer, and the
+/// stream checked to end with `data: [DONE]`. Returns (stats, execution id).
+async fn door_stream(
+    ctl: &Ctl,
+    model: &str,
+    key: &str,
+    prompt: &str,
+    expected: &str,
+    expect_tokens: u64,
+) -> (StreamStats, Option<String>) {
+    let body = json!({
+        "model": format!("openai/{model}"),
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": true,
+    })
+    .to_string();
+    let extra = format!("X-Provider-Api-Key: {key}\r\nX-User-Id: bench-c1\r\n");
+    let req = ctl.request_with("POST", "/v1/chat/completions", Some(&body), true, &extra);
+    let mut st = StreamStats {
+        model: model.to_owned(),
+        ..StreamStats::default()
+    };
+    let mut id = None;
+    st.t0_real_us = real_us();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(60);
+    let res: Result<bool, BoxErr> = async {
+        let mut sock = TcpStream::connect(&ctl.hp).await?;
+        st.connect_us = us(t0.elapsed());
+        sock.set_nodelay(true)?;
+        sock.write_all(req.as_bytes()).await?;
+        let mut r = Resp::start(sock, deadline).await.map_err(|e| e.to_string())?;
+        st.status = r.status;
+        if r.status != 200 {
+            let b = r.read_body().await.unwrap_or_default();
+            return Err(format!("status {}: {}", r.status, String::from_utf8_lossy(&b)).into());
+        }
+        let mut text = String::new();
+        let mut done = false;
+        while let Some(ev) = r.next_event().await.map_err(|e| e.to_string())? {
+            if ev.comment {
+                continue;
+            }
+            if ev.data == b"[DONE]" {
+                done = true;
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&ev.data)?;
+            if id.is_none() {
+                id = v["id"].as_str().and_then(|i| i.strip_prefix("chatcmpl-")).map(str::to_owned);
+            }
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+                if st.ttft_us.is_none() {
+                    st.ttft_us = Some(us(t0.elapsed()));
+                }
+                st.n_text += 1;
+                text.push_str(t);
+            }
+        }
+        st.text_ok = text == expected;
+        Ok(done)
+    }
+    .await;
+    st.end_us = us(t0.elapsed());
+    match res {
+        Ok(done) => {
+            if !done {
+                st.problems.push("no [DONE]".to_owned());
+            }
+        }
+        Err(e) => st.client_error = Some(e.to_string()),
+    }
+    if !st.text_ok {
+        st.problems.push("text_mismatch".to_owned());
+    }
+    if st.n_text != expect_tokens {
+        st.problems.push("text_count".to_owned());
+    }
+    st.ok = st.problems.is_empty() && st.client_error.is_none();
+    (st, id)
+}
+
 fn job_body(user: &str, provider: &str, model: &str, key: &str, prompt: &str) -> String {
     json!({
         "user_id": user,
@@ -926,7 +1016,7 @@ async fn cmd_c1(f: &Flags) -> Result<(), BoxErr> {
         .spawn()?;
     let mut cat_in = cat.stdin.take().ok_or("no stdin")?;
     let mut cat_out = BufReader::new(cat.stdout.take().ok_or("no stdout")?);
-    const VARIANTS: [&str; 5] = ["ctl_warm", "rt_warm", "ctl_cold", "rt_cold", "rt_warm_refill"];
+    const VARIANTS: [&str; 6] = ["ctl_warm", "ctl_door", "rt_warm", "ctl_cold", "rt_cold", "rt_warm_refill"];
     for round in 0..warmup + rounds {
         for k in 0..VARIANTS.len() {
             // Rotate the order every round so that no variant always follows the same one.
@@ -938,7 +1028,22 @@ async fn cmd_c1(f: &Flags) -> Result<(), BoxErr> {
                 model: model.clone(),
                 ..C1Sample::default()
             };
-            if variant.starts_with("ctl") {
+            if variant == "ctl_door" {
+                s.pool_full = Some(warm_ctl.wait_pool_full(Duration::from_secs(10)).await?);
+                let (st, id) = door_stream(&warm_ctl, &model, &key, &prompt, &expected, expect_tokens).await;
+                s.t0_real_us = st.t0_real_us;
+                s.connect_us = Some(st.connect_us);
+                s.ttft_us = st.ttft_us;
+                s.total_us = st.end_us;
+                s.n_text = st.n_text;
+                if !st.ok {
+                    s.problem = Some(format!("{:?} {:?}", st.problems, st.client_error));
+                }
+                if let Some(id) = &id {
+                    let v = warm_ctl.get_json(&format!("/v1/executions/{id}")).await?;
+                    s.warm = v["warm"].as_bool();
+                }
+            } else if variant.starts_with("ctl") {
                 let ctl = if variant == "ctl_warm" { &warm_ctl } else { &cold_ctl };
                 if variant == "ctl_warm" {
                     s.pool_full = Some(ctl.wait_pool_full(Duration::from_secs(10)).await?);

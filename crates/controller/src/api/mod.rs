@@ -13,8 +13,13 @@
 //! | `GET /healthz` | liveness (no token) |
 //! | `GET /metrics` | Prometheus text |
 //! | `/runtime/v1/…` | pull-mode runtimes only, per-instance credentials ([`runtime`]) |
+//! | `POST /v1/chat/completions`, `GET /v1/models[/{id}]` | OpenAI's door ([`openai_compat`]) |
+//! | `POST /v1/messages` | Anthropic's door ([`anthropic_compat`]) |
 
+mod anthropic_compat;
+pub mod doors;
 mod error;
+mod openai_compat;
 pub mod runtime;
 mod sse;
 
@@ -66,6 +71,7 @@ pub fn app(controller: Controller) -> Router {
         .route("/v1/executions/{id}/events", get(execution_events))
         .route("/v1/perspectives", post(perspectives))
         .route("/v1/pool", get(get_pool).put(put_pool))
+        .merge(doors::router())
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .route_layer(middleware::from_fn_with_state(
@@ -103,9 +109,13 @@ async fn auth(State(c): State<Controller>, req: Request, next: Next) -> Response
             .and_then(|v| v.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
-        let ok = presented.is_some_and(|t| ct_eq(t.as_bytes(), token.expose().as_bytes()));
+        let door_key = doors::Door::presented_api_key(req.uri().path(), req.headers());
+        let ok = presented
+            .or(door_key.as_deref())
+            .is_some_and(|t| ct_eq(t.as_bytes(), token.expose().as_bytes()));
         if !ok {
-            return AppError::Unauthorized.into_response();
+            return doors::unauthorized(req.uri().path())
+                .unwrap_or_else(|| AppError::Unauthorized.into_response());
         }
     }
     next.run(req).await

@@ -238,6 +238,20 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> http::Response<hyper::body::Incoming> {
+    let auth = format!("Bearer {TOKEN}");
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    send_as(addr, method, path, &all, body).await
+}
+
+/// [`send`] with exactly these headers (no token added).
+pub async fn send_as(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> http::Response<hyper::body::Incoming> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -247,8 +261,7 @@ pub async fn send(
     let mut b = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
-        .header("authorization", format!("Bearer {TOKEN}"));
+        .header("host", addr.to_string());
     if body.is_some() {
         b = b.header("content-type", "application/json");
     }
