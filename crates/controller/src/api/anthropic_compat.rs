@@ -18,25 +18,17 @@ use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use polydev_protocol::{
-    Credentials, Event, FinishReason, Job, Message, Provider, Role, Timeouts, Usage,
+    Content, Credentials, Event, FinishReason, Image, Job, Message, Part, Provider, Reasoning,
+    ReasoningBlock, Role, Tool, ToolCall, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::doors::{self, Door, DoorError, Translate};
+use super::doors::{self, Block, Door, DoorError, Translate};
 use crate::controller::Controller;
 
 /// Request fields that would change the answer and that the job cannot carry: a clear 400.
 const REFUSED: &[(&str, &str)] = &[
-    ("tools", "tool use is not supported by this controller yet"),
-    (
-        "tool_choice",
-        "tool use is not supported by this controller yet",
-    ),
-    (
-        "stop_sequences",
-        "stop sequences are not supported by this controller yet",
-    ),
     ("mcp_servers", "MCP servers are not supported"),
     ("container", "containers are not supported"),
 ];
@@ -65,6 +57,12 @@ struct MessagesRequest {
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(default)]
+    tools: Option<Vec<InTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
     metadata: Option<Metadata>,
     #[serde(default)]
     credentials: Option<Credentials>,
@@ -86,6 +84,17 @@ struct InMessage {
     content: Value,
 }
 
+#[derive(Debug, Deserialize)]
+struct InTool {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Value>,
+}
+
 struct Mapped {
     job: Job,
     stream: bool,
@@ -104,17 +113,29 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
             return Err(invalid(format!("{field}: {why}")).param(*field));
         }
     }
-    let thinking_type = req
-        .thinking
-        .as_ref()
-        .and_then(|t| t.get("type"))
-        .and_then(Value::as_str);
-    if req.thinking.is_some() && thinking_type != Some("disabled") {
-        return Err(
-            invalid("thinking: extended thinking is not supported by this controller yet")
-                .param("thinking"),
-        );
-    }
+    let reasoning = match &req.thinking {
+        None | Some(Value::Null) => None,
+        Some(t) => match t.get("type").and_then(Value::as_str) {
+            Some("disabled") => None,
+            Some("enabled") => {
+                let budget = t
+                    .get("budget_tokens")
+                    .and_then(Value::as_u64)
+                    .and_then(|b| u32::try_from(b).ok())
+                    .ok_or_else(|| invalid("thinking.enabled.budget_tokens: Field required"))?;
+                Some(Reasoning {
+                    effort: None,
+                    budget_tokens: Some(budget),
+                })
+            }
+            other => {
+                return Err(invalid(format!(
+                    "thinking: type {other:?} is not supported: use enabled with budget_tokens, or disabled"
+                ))
+                .param("thinking"));
+            }
+        },
+    };
     let Some(max_tokens) = req.max_tokens else {
         return Err(invalid("max_tokens: Field required").param("max_tokens"));
     };
@@ -125,44 +146,59 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
     let (provider, model) = doors::route_model(&req.model)?;
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if let Some(system) = &req.system {
-        let text = text_of(system, "system")?;
+        let text = system_text(system)?;
         if !text.is_empty() {
-            messages.push(Message {
-                role: Role::System,
-                content: text,
-            });
+            messages.push(Message::text(Role::System, text));
         }
     }
     for (i, m) in req.messages.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(invalid(format!(
-                    "messages.{i}.role: Input should be 'user' or 'assistant' (got {other:?})"
-                )));
-            }
-        };
-        messages.push(Message {
-            role,
-            content: text_of(&m.content, &format!("messages.{i}.content"))?,
-        });
+        map_message(i, m, &mut messages)?;
     }
+    let tools = req
+        .tools
+        .map(|tools| {
+            tools
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| match t.kind.as_deref() {
+                    None | Some("custom") => Ok(Tool {
+                        name: t.name,
+                        description: t.description,
+                        parameters: t.input_schema,
+                    }),
+                    Some(other) => Err(invalid(format!(
+                        "tools.{i}: server tools are not supported (got {other:?})"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let tool_choice = req
+        .tool_choice
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            // Anthropic's {"type":"auto"|"any"|"none"|"tool","name"}.
+            let v = match v.get("type").and_then(Value::as_str) {
+                Some("tool") => json!({"name": v.get("name").cloned().unwrap_or(Value::Null)}),
+                Some(t) => json!(t),
+                None => v,
+            };
+            ToolChoice::from_value(&v).map_err(|e| invalid(e).param("tool_choice"))
+        })
+        .transpose()?;
     let metadata_user = req.metadata.as_ref().and_then(|m| m.user_id.as_deref());
     let user = doors::user_id(headers, &[metadata_user])?;
     let job = Job {
-        execution_id: None,
         user_id: Some(user),
-        provider,
         model: Some(model),
-        prompt: None,
         messages: Some(messages),
-        system: None,
         max_tokens: Some(max_tokens),
         temperature: req.temperature,
-        credentials: doors::credentials(headers, req.credentials),
-        base_url: None,
-        timeouts: Timeouts::default(),
+        stop: req.stop_sequences,
+        tools,
+        tool_choice,
+        reasoning,
+        ..doors::job(provider, doors::credentials(headers, req.credentials))
     };
     Ok(Mapped {
         job,
@@ -171,34 +207,139 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
     })
 }
 
-/// The text of a string or a list of `text` blocks (`system`, message `content`).
-fn text_of(v: &Value, field: &str) -> Result<String, DoorError> {
+/// `system`: a string or a list of text blocks.
+fn system_text(v: &Value) -> Result<String, DoorError> {
     match v {
         Value::String(s) => Ok(s.clone()),
-        Value::Array(blocks) => {
-            let mut texts = Vec::with_capacity(blocks.len());
-            for (j, b) in blocks.iter().enumerate() {
-                let kind = b.get("type").and_then(Value::as_str).unwrap_or("");
-                match (kind, b.get("text").and_then(Value::as_str)) {
-                    ("text", Some(t)) => texts.push(t),
-                    ("image" | "document", _) => {
-                        return Err(invalid(format!(
-                            "{field}.{j}: {kind} blocks are not supported by this controller yet"
-                        )));
-                    }
-                    _ => {
-                        return Err(invalid(format!(
-                            "{field}.{j}: only text blocks are supported (got {kind:?})"
-                        )));
-                    }
-                }
-            }
-            Ok(texts.join("\n"))
-        }
-        _ => Err(invalid(format!(
-            "{field}: Input should be a valid string or a list of blocks"
-        ))),
+        Value::Array(blocks) => blocks
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                b.get("text")
+                    .and_then(Value::as_str)
+                    .filter(|_| b.get("type").and_then(Value::as_str) == Some("text"))
+                    .ok_or_else(|| invalid(format!("system.{j}: only text blocks are supported")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|t| t.join("\n")),
+        _ => Err(invalid(
+            "system: Input should be a valid string or a list of blocks",
+        )),
     }
+}
+
+/// One Anthropic message as job turns: its `tool_result` blocks become `tool` turns (in order,
+/// first), the rest one user or assistant turn with its text, images, thinking and tool calls.
+fn map_message(i: usize, m: &InMessage, out: &mut Vec<Message>) -> Result<(), DoorError> {
+    let role = match m.role.as_str() {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => {
+            return Err(invalid(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant' (got {other:?})"
+            )));
+        }
+    };
+    let blocks = match &m.content {
+        Value::String(s) => {
+            out.push(Message::text(role, s.clone()));
+            return Ok(());
+        }
+        Value::Array(blocks) => blocks,
+        _ => {
+            return Err(invalid(format!(
+                "messages.{i}.content: Input should be a valid string or a list of blocks"
+            )));
+        }
+    };
+    let mut turn = Message::text(role, "");
+    let mut parts = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let at = |what: &str| invalid(format!("messages.{i}.content.{j}: {what}"));
+        let kind = b.get("type").and_then(Value::as_str).unwrap_or("");
+        let str_of = |k: &str| b.get(k).and_then(Value::as_str);
+        match kind {
+            "text" => parts.push(Part::Text {
+                text: str_of("text")
+                    .ok_or_else(|| at("a text block needs its text"))?
+                    .to_owned(),
+            }),
+            "image" => {
+                let src = b
+                    .get("source")
+                    .ok_or_else(|| at("an image block needs a source"))?;
+                let image = match src.get("type").and_then(Value::as_str) {
+                    Some("base64") => Image {
+                        media_type: src
+                            .get("media_type")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        data: src.get("data").and_then(Value::as_str).map(str::to_owned),
+                        ..Image::default()
+                    },
+                    Some("url") => Image {
+                        url: src.get("url").and_then(Value::as_str).map(str::to_owned),
+                        ..Image::default()
+                    },
+                    other => {
+                        return Err(at(&format!("image source type {other:?} is not supported")));
+                    }
+                };
+                parts.push(Part::Image(image));
+            }
+            "tool_use" => turn.tool_calls.push(ToolCall {
+                id: str_of("id")
+                    .ok_or_else(|| at("a tool_use block needs its id"))?
+                    .to_owned(),
+                name: str_of("name")
+                    .ok_or_else(|| at("a tool_use block needs its name"))?
+                    .to_owned(),
+                arguments: b
+                    .get("input")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}))
+                    .to_string(),
+            }),
+            "thinking" => turn.reasoning.push(ReasoningBlock {
+                text: str_of("thinking").unwrap_or_default().to_owned(),
+                signature: str_of("signature")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+                redacted: None,
+            }),
+            "redacted_thinking" => turn.reasoning.push(ReasoningBlock {
+                text: String::new(),
+                signature: None,
+                redacted: str_of("data").map(str::to_owned),
+            }),
+            "tool_result" => {
+                let id = str_of("tool_use_id")
+                    .ok_or_else(|| at("a tool_result needs its tool_use_id"))?;
+                let content = match b.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v @ Value::Array(_)) => system_text(v)
+                        .map_err(|_| at("tool_result content: only text blocks are supported"))?,
+                    Some(_) => {
+                        return Err(at("tool_result content must be a string or text blocks"));
+                    }
+                };
+                let mut result = Message::text(Role::Tool, content);
+                result.tool_call_id = Some(id.to_owned());
+                out.push(result);
+            }
+            other => return Err(at(&format!("{other:?} blocks are not supported"))),
+        }
+    }
+    if !parts.is_empty() || !turn.tool_calls.is_empty() || !turn.reasoning.is_empty() {
+        turn.content = match parts.as_slice() {
+            [] => Content::default(),
+            [Part::Text { text }] => Content::Text(text.clone()),
+            _ => Content::Parts(parts),
+        };
+        out.push(turn);
+    }
+    Ok(())
 }
 
 /// `POST /v1/messages`.
@@ -239,16 +380,26 @@ async fn handle(
         return Ok(admitted.stream(t, c.config().sse_keepalive));
     }
     let answer = admitted.collect().await;
-    let (finish, raw) = match answer.end {
-        Ok(end) => end,
-        Err(e) => return Err(DoorError::from_event(Door::Anthropic, &e, &id)),
+    let (finish, raw) = match &answer.end {
+        Ok((f, raw)) => (*f, raw.clone()),
+        Err(e) => return Err(DoorError::from_event(Door::Anthropic, e, &id)),
     };
-    let mut content = Vec::new();
-    if !answer.reasoning.is_empty() {
-        content.push(json!({"type": "thinking", "thinking": answer.reasoning, "signature": ""}));
-    }
-    content.push(json!({"type": "text", "text": answer.text}));
-    let usage = answer.usage.unwrap_or_default();
+    let content: Vec<Value> = answer
+        .blocks
+        .iter()
+        .map(|b| match b {
+            Block::Text(t) | Block::Refusal(t) => json!({"type": "text", "text": t}),
+            Block::Reasoning {
+                redacted: Some(data),
+                ..
+            } => json!({"type": "redacted_thinking", "data": data}),
+            Block::Reasoning {
+                text, signature, ..
+            } => json!({"type": "thinking", "thinking": text, "signature": signature.as_deref().unwrap_or("")}),
+            Block::ToolCall(c) => json!({"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(&c.arguments)}),
+        })
+        .collect();
+    let usage = answer.usage.clone().unwrap_or_default();
     let body = json!({
         "id": message_id,
         "type": "message",
@@ -260,6 +411,12 @@ async fn handle(
         "usage": usage_json(&usage),
     });
     Ok(doors::with_execution_id(Json(body).into_response(), &id))
+}
+
+/// A tool call's arguments as the `input` object (JSON text the runtime checked; an object if
+/// it somehow is not one).
+fn tool_input(arguments: &str) -> Value {
+    serde_json::from_str(arguments).unwrap_or_else(|_| json!({}))
 }
 
 fn stop_reason(provider: Provider, f: FinishReason, raw: Option<&str>) -> &'static str {
@@ -286,9 +443,11 @@ fn usage_json(u: &Usage) -> Value {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Block {
+enum Kind {
     Thinking,
     Text,
+    ToolUse,
+    Redacted,
 }
 
 /// The event translator of one stream.
@@ -298,7 +457,7 @@ struct MessageStream {
     provider: Provider,
     started: bool,
     pinged: bool,
-    open: Option<(usize, Block)>,
+    open: Option<(usize, Kind)>,
     next_index: usize,
     usage: Option<Usage>,
 }
@@ -346,21 +505,29 @@ impl MessageStream {
     }
 
     /// Makes `kind` the open block (closing another), returning its index.
-    fn block(&mut self, kind: Block, out: &mut Vec<SseEvent>) -> usize {
+    fn block(&mut self, kind: Kind, out: &mut Vec<SseEvent>) -> usize {
         self.start(out);
         if let Some((index, open)) = self.open
             && open == kind
         {
             return index;
         }
+        let block = match kind {
+            Kind::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+            _ => json!({"type": "text", "text": ""}),
+        };
+        let index = self.open_block(block, out);
+        self.open = Some((index, kind));
+        index
+    }
+
+    /// Closes the open block and starts `block` at the next index (a `ping` follows the
+    /// first block start, as Anthropic's).
+    fn open_block(&mut self, block: Value, out: &mut Vec<SseEvent>) -> usize {
+        self.start(out);
         self.close(out);
         let index = self.next_index;
         self.next_index += 1;
-        self.open = Some((index, kind));
-        let block = match kind {
-            Block::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
-            Block::Text => json!({"type": "text", "text": ""}),
-        };
         out.push(named(
             "content_block_start",
             &json!({"type": "content_block_start", "index": index, "content_block": block}),
@@ -372,14 +539,14 @@ impl MessageStream {
         index
     }
 
-    fn delta(&mut self, kind: Block, text: &str, out: &mut Vec<SseEvent>) {
+    fn delta(&mut self, kind: Kind, text: &str, out: &mut Vec<SseEvent>) {
         let index = self.block(kind, out);
         if text.is_empty() {
             return;
         }
         let delta = match kind {
-            Block::Thinking => json!({"type": "thinking_delta", "thinking": text}),
-            Block::Text => json!({"type": "text_delta", "text": text}),
+            Kind::Thinking => json!({"type": "thinking_delta", "thinking": text}),
+            _ => json!({"type": "text_delta", "text": text}),
         };
         out.push(named(
             "content_block_delta",
@@ -393,8 +560,46 @@ impl Translate for MessageStream {
         match ev {
             Event::Start { .. } | Event::Ready => {}
             Event::Usage(u) => self.usage = Some(u),
-            Event::Text { text } => self.delta(Block::Text, &text, out),
-            Event::Reasoning { text } => self.delta(Block::Thinking, &text, out),
+            // A refusal is text in this API; the stop reason says `refusal`.
+            Event::Text { text } | Event::Refusal { text } => self.delta(Kind::Text, &text, out),
+            Event::Reasoning {
+                redacted: Some(data),
+                ..
+            } => {
+                let index =
+                    self.open_block(json!({"type": "redacted_thinking", "data": data}), out);
+                self.open = Some((index, Kind::Redacted));
+                self.close(out);
+            }
+            Event::Reasoning {
+                text, signature, ..
+            } => {
+                self.delta(Kind::Thinking, &text, out);
+                if let Some(sig) = signature
+                    && let Some((index, Kind::Thinking)) = self.open
+                {
+                    out.push(named(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "signature_delta", "signature": sig}}),
+                    ));
+                    // A signature ends its thinking block.
+                    self.close(out);
+                }
+            }
+            Event::ToolCall(call) => {
+                let index = self.open_block(
+                    json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}),
+                    out,
+                );
+                self.open = Some((index, Kind::ToolUse));
+                out.push(named(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": call.arguments}}),
+                ));
+                self.close(out);
+            }
             Event::End {
                 finish_reason,
                 raw_finish_reason,
@@ -462,7 +667,7 @@ mod tests {
         let msgs = m.job.messages.unwrap();
         assert_eq!(msgs.len(), 4);
         assert_eq!(msgs[0].role, Role::System);
-        assert_eq!(msgs[2].content, "yo");
+        assert_eq!(msgs[2].content, Content::Text("yo".into()));
     }
 
     #[test]
@@ -476,12 +681,13 @@ mod tests {
             "max_tokens: Field required"
         );
         for (field, v) in [
-            ("tools", json!([])),
-            ("stop_sequences", json!(["x"])),
             (
-                "thinking",
-                json!({"type": "enabled", "budget_tokens": 2048}),
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search"}]),
             ),
+            ("mcp_servers", json!([{"url": "https://x"}])),
+            ("thinking", json!({"type": "adaptive"})),
+            ("tool_choice", json!({"type": "sometimes"})),
         ] {
             let mut b = base.clone();
             b[field] = v;
@@ -493,6 +699,53 @@ mod tests {
         let mut img = base;
         img["messages"][0]["content"] = json!([{"type": "image", "source": {}}]);
         assert_eq!(map(img).err().unwrap().status.as_u16(), 400);
+    }
+
+    #[test]
+    fn tools_images_thinking_and_results_map_to_the_job() {
+        let m = map(json!({
+            "model": "anthropic/claude-sonnet-4-6", "max_tokens": 8000,
+            "metadata": {"user_id": "u"},
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "stop_sequences": ["END"],
+            "tools": [{"name": "get_weather", "description": "d", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "get_weather"},
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "weather here?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "21C"}]},
+                ]},
+            ],
+        }))
+        .unwrap();
+        let j = &m.job;
+        j.validate().unwrap();
+        assert_eq!(j.reasoning.unwrap().budget_tokens, Some(2048));
+        assert_eq!(j.stop.as_deref(), Some(&["END".to_owned()][..]));
+        assert_eq!(j.tool_choice, Some(ToolChoice::Tool("get_weather".into())));
+        assert_eq!(
+            j.tools.as_ref().unwrap()[0].parameters,
+            Some(json!({"type": "object"}))
+        );
+        let msgs = j.messages.as_ref().unwrap();
+        assert_eq!(msgs.len(), 3);
+        assert!(
+            matches!(&msgs[0].content, Content::Parts(p) if matches!(&p[1], Part::Image(i) if i.media_type.as_deref() == Some("image/png")))
+        );
+        assert_eq!(msgs[1].reasoning[0].signature.as_deref(), Some("sig"));
+        assert_eq!(msgs[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(
+            (msgs[2].role, msgs[2].tool_call_id.as_deref()),
+            (Role::Tool, Some("toolu_1"))
+        );
+        assert_eq!(msgs[2].content, Content::Text("21C".into()));
     }
 
     #[test]

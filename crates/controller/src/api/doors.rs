@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
 use polydev_protocol::{
-    ApiKey, Credentials, ErrorEvent, ErrorKind, Event, FinishReason, Provider, Usage,
+    ApiKey, Credentials, ErrorEvent, ErrorKind, Event, FinishReason, Job, Provider, ToolCall, Usage,
 };
 
 use super::{AppError, anthropic_compat, openai_compat};
@@ -411,13 +411,7 @@ pub async fn admit(
     loop {
         match rest.next().await {
             Some(ev) => {
-                let decisive = matches!(
-                    ev,
-                    Event::Text { .. }
-                        | Event::Reasoning { .. }
-                        | Event::End { .. }
-                        | Event::Error(_)
-                );
+                let decisive = ev.is_output() || ev.is_terminal();
                 if let Event::Error(e) = &ev {
                     return Err(DoorError::from_event(door, e, &exec.id));
                 }
@@ -478,17 +472,10 @@ impl Admitted {
     /// goes away first, the execution is cancelled).
     pub async fn collect(self) -> Answer {
         let Admitted {
-            exec,
-            head,
-            rest,
-            cancel,
-            ..
+            head, rest, cancel, ..
         } = self;
         let mut answer = Answer {
-            execution_id: exec.id.clone(),
-            created_s: exec.created_at_ms / 1000,
-            text: String::new(),
-            reasoning: String::new(),
+            blocks: Vec::new(),
             usage: None,
             end: Err(ErrorEvent::new(
                 ErrorKind::Internal,
@@ -498,8 +485,18 @@ impl Admitted {
         let mut all = stream::iter(head).chain(rest);
         while let Some(ev) = all.next().await {
             match ev {
-                Event::Text { text } => answer.text.push_str(&text),
-                Event::Reasoning { text } => answer.reasoning.push_str(&text),
+                Event::Text { text } => answer.push(Block::Text(text)),
+                Event::Refusal { text } => answer.push(Block::Refusal(text)),
+                Event::Reasoning {
+                    text,
+                    signature,
+                    redacted,
+                } => answer.push(Block::Reasoning {
+                    text,
+                    signature,
+                    redacted,
+                }),
+                Event::ToolCall(call) => answer.blocks.push(Block::ToolCall(call)),
                 Event::Usage(u) => answer.usage = Some(u),
                 Event::End {
                     finish_reason,
@@ -521,16 +518,115 @@ impl Admitted {
     }
 }
 
+/// One piece of a finished answer, in the order the model produced it; consecutive pieces of
+/// the same kind are merged (a reasoning block closes once it has its signature).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    Text(String),
+    Refusal(String),
+    Reasoning {
+        text: String,
+        signature: Option<String>,
+        redacted: Option<String>,
+    },
+    ToolCall(ToolCall),
+}
+
 /// A finished execution, for a non-streaming response.
 #[derive(Debug)]
 pub struct Answer {
-    pub execution_id: String,
-    pub created_s: u64,
-    pub text: String,
-    pub reasoning: String,
+    pub blocks: Vec<Block>,
     pub usage: Option<Usage>,
     /// The finish reason (normalized, raw), or the error.
     pub end: Result<(FinishReason, Option<String>), ErrorEvent>,
+}
+
+impl Answer {
+    fn push(&mut self, b: Block) {
+        match (self.blocks.last_mut(), b) {
+            (Some(Block::Text(t)), Block::Text(more))
+            | (Some(Block::Refusal(t)), Block::Refusal(more)) => t.push_str(&more),
+            (
+                Some(Block::Reasoning {
+                    text,
+                    signature: sig @ None,
+                    redacted: None,
+                }),
+                Block::Reasoning {
+                    text: more,
+                    signature,
+                    redacted: None,
+                },
+            ) => {
+                text.push_str(&more);
+                *sig = signature;
+            }
+            (_, b) => self.blocks.push(b),
+        }
+    }
+
+    /// All answer text, concatenated.
+    pub fn text(&self) -> String {
+        self.join(|b| match b {
+            Block::Text(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// All refusal text, concatenated.
+    pub fn refusal(&self) -> String {
+        self.join(|b| match b {
+            Block::Refusal(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// All reasoning text, concatenated.
+    pub fn reasoning(&self) -> String {
+        self.join(|b| match b {
+            Block::Reasoning { text, .. } => Some(text),
+            _ => None,
+        })
+    }
+
+    pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.blocks.iter().filter_map(|b| match b {
+            Block::ToolCall(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn join<'a>(&'a self, f: impl Fn(&'a Block) -> Option<&'a String>) -> String {
+        self.blocks
+            .iter()
+            .filter_map(f)
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// A job for `provider` with every optional field unset.
+pub fn job(provider: Provider, credentials: Credentials) -> Job {
+    Job {
+        execution_id: None,
+        user_id: None,
+        provider,
+        model: None,
+        prompt: None,
+        messages: None,
+        system: None,
+        max_tokens: None,
+        temperature: None,
+        credentials,
+        base_url: None,
+        timeouts: Default::default(),
+        reasoning: None,
+        stop: None,
+        response_format: None,
+        tools: None,
+        tool_choice: None,
+        options: None,
+    }
 }
 
 pub fn with_execution_id(mut res: Response, id: &str) -> Response {

@@ -20,7 +20,10 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use polydev_protocol::{Credentials, Event, FinishReason, Job, Message, Role, Timeouts, Usage};
+use polydev_protocol::{
+    Content, Credentials, Effort, Event, FinishReason, Image, Job, Message, Part, Reasoning,
+    ResponseFormat, Role, Tool, ToolCall, ToolChoice, Usage,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -29,27 +32,10 @@ use crate::controller::Controller;
 
 /// Request fields that would change the answer and that the job cannot carry: a clear 400.
 const REFUSED: &[(&str, &str)] = &[
+    ("functions", "function calling is not supported: use tools"),
     (
-        "tools",
-        "tool calling is not supported by this controller yet",
-    ),
-    (
-        "tool_choice",
-        "tool calling is not supported by this controller yet",
-    ),
-    ("functions", "function calling is not supported"),
-    ("function_call", "function calling is not supported"),
-    (
-        "response_format",
-        "response_format is not supported by this controller yet",
-    ),
-    (
-        "reasoning_effort",
-        "reasoning_effort is not supported by this controller yet",
-    ),
-    (
-        "stop",
-        "stop sequences are not supported by this controller yet",
+        "function_call",
+        "function calling is not supported: use tool_choice",
     ),
     ("audio", "audio output is not supported"),
     ("prediction", "predicted outputs are not supported"),
@@ -72,6 +58,16 @@ struct ChatRequest {
     #[serde(default)]
     temperature: Option<f64>,
     #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<String>,
+    #[serde(default)]
     user: Option<String>,
     #[serde(default)]
     safety_identifier: Option<String>,
@@ -88,9 +84,33 @@ struct ChatRequest {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatTool {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    function: Option<ChatFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatFunction {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,7 +119,25 @@ struct ChatMessage {
     #[serde(default)]
     content: Option<Value>,
     #[serde(default)]
-    tool_calls: Option<Value>,
+    tool_calls: Option<Vec<ChatToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatToolCall {
+    id: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    function: ChatCallFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatCallFunction {
+    name: String,
+    arguments: String,
 }
 
 /// The job a chat request asks for, and how to answer it.
@@ -150,19 +188,82 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
         headers,
         &[req.user.as_deref(), req.safety_identifier.as_deref()],
     )?;
+    let tools = req
+        .tools
+        .map(|tools| {
+            tools
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| match (t.kind.as_str(), t.function) {
+                    ("function", Some(f)) => Ok(Tool {
+                        name: f.name,
+                        description: f.description,
+                        parameters: f.parameters,
+                    }),
+                    (kind, _) => Err(DoorError::bad_request(format!(
+                        "tools[{i}]: only function tools are supported (got {kind:?})"
+                    ))
+                    .param(format!("tools[{i}]"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let tool_choice = req
+        .tool_choice
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            // OpenAI names a forced tool as {"type":"function","function":{"name":…}}.
+            let v = match v.pointer("/function/name") {
+                Some(name) => json!({ "name": name }),
+                None => v,
+            };
+            ToolChoice::from_value(&v).map_err(|e| DoorError::bad_request(e).param("tool_choice"))
+        })
+        .transpose()?;
+    let response_format = req
+        .response_format
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            // OpenAI nests the schema under `json_schema`; the job has it flat.
+            let v = match v.get("json_schema") {
+                Some(Value::Object(inner)) => {
+                    let mut flat = inner.clone();
+                    flat.insert("type".into(), json!("json_schema"));
+                    Value::Object(flat)
+                }
+                _ => v,
+            };
+            serde_json::from_value::<ResponseFormat>(v).map_err(|e| {
+                DoorError::bad_request(format!("response_format: {e}")).param("response_format")
+            })
+        })
+        .transpose()?;
+    let reasoning = req
+        .reasoning_effort
+        .map(|e| {
+            e.parse::<Effort>()
+                .map(|effort| Reasoning {
+                    effort: Some(effort),
+                    budget_tokens: None,
+                })
+                .map_err(|e| DoorError::bad_request(e.to_string()).param("reasoning_effort"))
+        })
+        .transpose()?;
     let job = Job {
-        execution_id: None,
         user_id: Some(user),
-        provider,
         model: Some(model),
-        prompt: None,
         messages: Some(messages),
-        system: None,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
-        credentials: doors::credentials(headers, req.credentials),
-        base_url: None,
-        timeouts: Timeouts::default(),
+        stop: req.stop.map(|s| match s {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }),
+        tools,
+        tool_choice,
+        response_format,
+        reasoning,
+        ..doors::job(provider, doors::credentials(headers, req.credentials))
     };
     Ok(Mapped {
         job,
@@ -181,49 +282,60 @@ fn map_message(i: usize, m: &ChatMessage) -> Result<Message, DoorError> {
         "system" | "developer" => Role::System,
         "user" => Role::User,
         "assistant" => Role::Assistant,
-        "tool" | "function" => {
+        "tool" => Role::Tool,
+        "function" => {
             return Err(DoorError::bad_request(format!(
-                "messages[{i}]: tool results are not supported by this controller yet"
+                "messages[{i}]: function messages are not supported: use tool messages"
             ))
             .param(param()));
         }
         other => {
             return Err(DoorError::bad_request(format!(
-                "messages[{i}].role: {other:?} is not one of system, developer, user, assistant"
+                "messages[{i}].role: {other:?} is not one of system, developer, user, assistant, tool"
             ))
             .param(format!("{}.role", param())));
         }
     };
-    if m.tool_calls.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(DoorError::bad_request(format!(
-            "messages[{i}].tool_calls: tool calling is not supported by this controller yet"
-        ))
-        .param(format!("{}.tool_calls", param())));
-    }
     let content = match &m.content {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => Content::default(),
+        Some(Value::String(s)) => Content::Text(s.clone()),
         Some(Value::Array(parts)) => {
-            let mut texts = Vec::with_capacity(parts.len());
+            let mut out = Vec::with_capacity(parts.len());
             for (j, part) in parts.iter().enumerate() {
                 let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-                match (kind, part.get("text").and_then(Value::as_str)) {
-                    ("text", Some(t)) => texts.push(t),
-                    ("image_url", _) => {
-                        return Err(DoorError::bad_request(format!(
-                            "messages[{i}].content[{j}]: images are not supported by this controller yet"
-                        ))
-                        .param(format!("{}.content", param())));
+                let bad = |what: &str| {
+                    DoorError::bad_request(format!("messages[{i}].content[{j}]: {what}"))
+                        .param(format!("{}.content", param()))
+                };
+                match kind {
+                    "text" | "refusal" => {
+                        let text = part
+                            .get(kind)
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad("a text part needs its text"))?;
+                        out.push(Part::Text {
+                            text: text.to_owned(),
+                        });
                     }
-                    _ => {
-                        return Err(DoorError::bad_request(format!(
-                            "messages[{i}].content[{j}]: only text parts are supported (got {kind:?})"
-                        ))
-                        .param(format!("{}.content", param())));
+                    "image_url" => {
+                        let url = part
+                            .pointer("/image_url/url")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad("an image_url part needs image_url.url"))?;
+                        // A `data:` URL is inline bytes; the job reads it as such.
+                        out.push(Part::Image(Image {
+                            url: Some(url.to_owned()),
+                            ..Image::default()
+                        }));
+                    }
+                    other => {
+                        return Err(bad(&format!(
+                            "only text and image_url parts are supported (got {other:?})"
+                        )));
                     }
                 }
             }
-            texts.join("\n")
+            Content::Parts(out)
         }
         Some(_) => {
             return Err(DoorError::bad_request(format!(
@@ -232,7 +344,30 @@ fn map_message(i: usize, m: &ChatMessage) -> Result<Message, DoorError> {
             .param(format!("{}.content", param())));
         }
     };
-    Ok(Message { role, content })
+    let tool_calls = m
+        .tool_calls
+        .iter()
+        .flatten()
+        .map(|c| match c.kind.as_deref() {
+            None | Some("function") => Ok(ToolCall {
+                id: c.id.clone(),
+                name: c.function.name.clone(),
+                arguments: c.function.arguments.clone(),
+            }),
+            Some(other) => Err(DoorError::bad_request(format!(
+                "messages[{i}].tool_calls: only function calls are supported (got {other:?})"
+            ))
+            .param(format!("{}.tool_calls", param()))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Message {
+        role,
+        content,
+        tool_calls,
+        reasoning: Vec::new(),
+        tool_call_id: m.tool_call_id.clone(),
+        name: (role == Role::Tool).then(|| m.name.clone()).flatten(),
+    })
 }
 
 /// `POST /v1/chat/completions`.
@@ -268,22 +403,35 @@ async fn chat(
             include_usage: m.include_usage,
             started: false,
             usage: None,
+            calls: 0,
         };
         return Ok(admitted.stream(t, c.config().sse_keepalive));
     }
     let answer = admitted.collect().await;
-    let (finish, _) = match answer.end {
-        Ok(end) => end,
-        Err(e) => return Err(DoorError::from_event(Door::OpenAi, &e, &id)),
+    let finish = match &answer.end {
+        Ok((f, _)) => *f,
+        Err(e) => return Err(DoorError::from_event(Door::OpenAi, e, &id)),
     };
+    let text = answer.text();
+    let refusal = answer.refusal();
+    let reasoning = answer.reasoning();
+    let calls: Vec<Value> = answer
+        .tool_calls()
+        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .collect();
+    // OpenAI's content is null when the message is only tool calls or a refusal.
+    let content = (!text.is_empty() || (calls.is_empty() && refusal.is_empty())).then_some(text);
     let mut message = json!({
         "role": "assistant",
-        "content": answer.text,
-        "refusal": null,
+        "content": content,
+        "refusal": (!refusal.is_empty()).then_some(refusal),
         "annotations": [],
     });
-    if !answer.reasoning.is_empty() {
-        message["reasoning_content"] = Value::String(answer.reasoning);
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reasoning);
     }
     let mut completion = json!({
         "id": ids.id,
@@ -388,13 +536,32 @@ struct Choice<'a> {
 struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
+    /// `Some(None)`: `"content":null` (the role chunk of a tool-call or refusal answer).
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    content: Option<Option<&'a str>>,
     /// `Some(None)`: `"refusal":null` (the role chunk).
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<Option<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+}
+
+/// A tool call in one delta: the whole call at once (the runtime emits complete calls).
+#[derive(Serialize)]
+struct ToolCallDelta<'a> {
+    index: usize,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'a> {
+    name: &'a str,
+    arguments: &'a str,
 }
 
 /// The chunk translator of one stream.
@@ -403,6 +570,8 @@ struct ChunkStream {
     include_usage: bool,
     started: bool,
     usage: Option<Usage>,
+    /// Tool calls streamed so far (the next one's `index`).
+    calls: usize,
 }
 
 impl ChunkStream {
@@ -428,13 +597,15 @@ impl ChunkStream {
         data(&chunk)
     }
 
-    fn start(&mut self, out: &mut Vec<SseEvent>) {
+    /// The role chunk, before the first output; its `content` is `""` for a text answer and
+    /// `null` when the answer begins with a tool call or a refusal, as OpenAI's.
+    fn start(&mut self, out: &mut Vec<SseEvent>, text_first: bool) {
         if !self.started {
             self.started = true;
             out.push(self.chunk(
                 Delta {
                     role: Some("assistant"),
-                    content: Some(""),
+                    content: Some(text_first.then_some("")),
                     refusal: Some(None),
                     ..Delta::default()
                 },
@@ -455,17 +626,43 @@ impl Translate for ChunkStream {
             Event::Start { .. } | Event::Ready => {}
             Event::Usage(u) => self.usage = Some(u),
             Event::Text { text } => {
-                self.start(out);
+                self.start(out, true);
                 if !text.is_empty() {
                     let delta = Delta {
-                        content: Some(&text),
+                        content: Some(Some(&text)),
                         ..Delta::default()
                     };
                     out.push(self.chunk(delta, None));
                 }
             }
-            Event::Reasoning { text } => {
-                self.start(out);
+            Event::Refusal { text } => {
+                self.start(out, false);
+                let delta = Delta {
+                    refusal: Some(Some(&text)),
+                    ..Delta::default()
+                };
+                out.push(self.chunk(delta, None));
+            }
+            Event::ToolCall(call) => {
+                self.start(out, false);
+                let delta = Delta {
+                    tool_calls: Some([ToolCallDelta {
+                        index: self.calls,
+                        id: &call.id,
+                        kind: "function",
+                        function: FunctionDelta {
+                            name: &call.name,
+                            arguments: &call.arguments,
+                        },
+                    }]),
+                    ..Delta::default()
+                };
+                self.calls += 1;
+                out.push(self.chunk(delta, None));
+            }
+            // A signature or redacted block alone has nothing to show in this API.
+            Event::Reasoning { text, .. } => {
+                self.start(out, true);
                 if !text.is_empty() {
                     let delta = Delta {
                         reasoning_content: Some(&text),
@@ -477,7 +674,7 @@ impl Translate for ChunkStream {
             Event::End {
                 finish_reason: f, ..
             } => {
-                self.start(out);
+                self.start(out, true);
                 out.push(self.chunk(Delta::default(), Some(finish_reason(f))));
                 if self.include_usage
                     && let Some(u) = &self.usage
@@ -605,7 +802,13 @@ mod tests {
         assert_eq!(j.credentials.api_key.expose(), "sk-test-k");
         let msgs = j.messages.unwrap();
         assert_eq!(msgs[0].role, Role::System);
-        assert_eq!(msgs[1].content, "a\nb");
+        assert_eq!(
+            msgs[1].content,
+            Content::Parts(vec![
+                Part::Text { text: "a".into() },
+                Part::Text { text: "b".into() }
+            ])
+        );
         assert_eq!(msgs.len(), 4);
     }
 
@@ -617,32 +820,76 @@ mod tests {
             ("logprobs", json!(true)),
             ("audio", json!({"voice": "alloy", "format": "wav"})),
             ("modalities", json!(["text", "audio"])),
-            ("tools", json!([])),
-            ("stop", json!(["x"])),
-            ("response_format", json!({"type": "json_object"})),
+            (
+                "tools",
+                json!([{"type": "custom", "custom": {"name": "x"}}]),
+            ),
+            ("tool_choice", json!("sometimes")),
+            ("reasoning_effort", json!("extreme")),
+            ("functions", json!([{"name": "f"}])),
         ];
         for (field, v) in cases {
             let mut b = base.clone();
             b[field] = v;
             let e = map(b).err().unwrap();
             assert_eq!(e.status.as_u16(), 400, "{field}");
-            assert_eq!(e.param.as_deref(), Some(field), "{field}");
+            assert!(e.param.as_deref().unwrap().starts_with(field), "{field}");
         }
         let mut ok = base.clone();
         ok["n"] = json!(1);
         ok["logprobs"] = json!(false);
         ok["tools"] = Value::Null;
         assert!(map(ok).is_ok());
-        let mut img = base.clone();
-        img["messages"][0]["content"] =
-            json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]);
-        assert_eq!(map(img).err().unwrap().status.as_u16(), 400);
+        let mut audio = base.clone();
+        audio["messages"][0]["content"] = json!([{"type": "input_audio", "input_audio": {}}]);
+        assert_eq!(map(audio).err().unwrap().status.as_u16(), 400);
         let mut so = base;
         so["stream_options"] = json!({"include_usage": true});
         assert_eq!(
             map(so).err().unwrap().param.as_deref(),
             Some("stream_options")
         );
+    }
+
+    #[test]
+    fn tools_images_formats_and_reasoning_map_to_the_job() {
+        let m = map(json!({
+            "model": "openai/gpt-4o",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\":21}"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": true}},
+            "reasoning_effort": "low",
+            "stop": "\n\nUser:",
+        }))
+        .unwrap();
+        let j = &m.job;
+        j.validate().unwrap();
+        let msgs = j.messages.as_ref().unwrap();
+        assert!(
+            matches!(&msgs[0].content, Content::Parts(p) if matches!(&p[1], Part::Image(i) if i.url.as_deref().is_some_and(|u| u.starts_with("data:image/png"))))
+        );
+        assert_eq!(msgs[1].tool_calls[0].name, "get_weather");
+        assert_eq!(msgs[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(msgs[2].role, Role::Tool);
+        assert_eq!(msgs[2].tool_call_id.as_deref(), Some("call_1"));
+        assert_eq!(j.tools.as_ref().unwrap()[0].name, "get_weather");
+        assert_eq!(j.tool_choice, Some(ToolChoice::Tool("get_weather".into())));
+        assert!(
+            matches!(&j.response_format, Some(ResponseFormat::JsonSchema { name, strict: Some(true), .. }) if name == "answer")
+        );
+        assert_eq!(j.reasoning.unwrap().effort, Some(Effort::Low));
+        assert_eq!(j.stop.as_deref(), Some(&["\n\nUser:".to_owned()][..]));
     }
 
     #[test]
@@ -656,6 +903,7 @@ mod tests {
             include_usage: true,
             started: false,
             usage: None,
+            calls: 0,
         };
         let mut out = Vec::new();
         t.frames(Event::Text { text: "Hi".into() }, &mut out);
