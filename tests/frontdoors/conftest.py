@@ -33,6 +33,7 @@ _spec.loader.exec_module(fidelity)
 emulator_bin = fidelity.emulator_bin
 emulator = fidelity.emulator
 _fresh_emulator = fidelity._fresh_emulator
+runtime_bin = fidelity.runtime_bin
 
 TOKEN = "test-token-frontdoors-0000"
 USER = "frontdoor-user"

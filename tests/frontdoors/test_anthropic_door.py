@@ -115,7 +115,7 @@ def test_controller_errors_raise_the_matching_exception(anthropic_door):  # type
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="llama-3", max_tokens=8, messages=PROMPT)
     with pytest.raises(anthropic.BadRequestError):
-        client.messages.create(model="gpt-4o", max_tokens=8, messages=PROMPT, stop_sequences=["x"])
+        client.messages.create(model="gpt-4o", max_tokens=8, messages=PROMPT, extra_body={"mcp_servers": [{"url": "https://x"}]})
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

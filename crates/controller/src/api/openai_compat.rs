@@ -404,6 +404,7 @@ async fn chat(
             started: false,
             usage: None,
             calls: 0,
+            refused: false,
         };
         return Ok(admitted.stream(t, c.config().sse_keepalive));
     }
@@ -414,6 +415,7 @@ async fn chat(
     };
     let text = answer.text();
     let refusal = answer.refusal();
+    let refused = !refusal.is_empty();
     let reasoning = answer.reasoning();
     let calls: Vec<Value> = answer
         .tool_calls()
@@ -442,7 +444,7 @@ async fn chat(
             "index": 0,
             "message": message,
             "logprobs": null,
-            "finish_reason": finish_reason(finish),
+            "finish_reason": finish_reason(finish, refused),
         }],
     });
     if let Some(u) = &answer.usage {
@@ -454,9 +456,12 @@ async fn chat(
     ))
 }
 
-/// OpenAI's `finish_reason` for ours (`other` has no OpenAI value: it ends as `stop`).
-fn finish_reason(f: FinishReason) -> &'static str {
+/// OpenAI's `finish_reason` for ours (`other` has no OpenAI value: it ends as `stop`). A
+/// marked refusal ends `stop` as OpenAI's do (the refusal field says it); `content_filter` is
+/// left for blocks, which the official SDK's parse helpers raise on.
+fn finish_reason(f: FinishReason, refused: bool) -> &'static str {
     match f {
+        FinishReason::ContentFilter if refused => "stop",
         FinishReason::Stop | FinishReason::Other => "stop",
         FinishReason::Length => "length",
         FinishReason::ContentFilter => "content_filter",
@@ -572,6 +577,7 @@ struct ChunkStream {
     usage: Option<Usage>,
     /// Tool calls streamed so far (the next one's `index`).
     calls: usize,
+    refused: bool,
 }
 
 impl ChunkStream {
@@ -637,6 +643,7 @@ impl Translate for ChunkStream {
             }
             Event::Refusal { text } => {
                 self.start(out, false);
+                self.refused = true;
                 let delta = Delta {
                     refusal: Some(Some(&text)),
                     ..Delta::default()
@@ -675,7 +682,7 @@ impl Translate for ChunkStream {
                 finish_reason: f, ..
             } => {
                 self.start(out, true);
-                out.push(self.chunk(Delta::default(), Some(finish_reason(f))));
+                out.push(self.chunk(Delta::default(), Some(finish_reason(f, self.refused))));
                 if self.include_usage
                     && let Some(u) = &self.usage
                 {
@@ -904,6 +911,7 @@ mod tests {
             started: false,
             usage: None,
             calls: 0,
+            refused: false,
         };
         let mut out = Vec::new();
         t.frames(Event::Text { text: "Hi".into() }, &mut out);
