@@ -146,3 +146,12 @@ def test_json_schema_output(provider, openai_door):  # type: ignore[no-untyped-d
         response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}},
     )
     assert json.loads(c.choices[0].message.content) == {"city": "emulated"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_anthropic_door_structured_output(provider, anthropic_door):  # type: ignore[no-untyped-def]
+    m = anthropic_door(provider).messages.create(
+        model=model(provider), max_tokens=500, messages=[{"role": "user", "content": "Where?"}],
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+    )
+    assert json.loads(m.content[0].text) == {"city": "emulated"}

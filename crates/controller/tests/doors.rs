@@ -531,3 +531,152 @@ async fn models_are_listed_without_a_provider_key() {
     assert_eq!(r.json()["error"]["param"], "model");
     assert_eq!(h.fake.launched(), 0);
 }
+
+fn data_lines(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn tool_calls_and_signed_reasoning_in_both_doors() {
+    use polydev_protocol::{FinishReason, ToolCall};
+    let call = |i: u32| {
+        Event::ToolCall(ToolCall {
+            id: format!("call_{i}"),
+            name: "get_weather".into(),
+            arguments: format!(r#"{{"city":"P{i}"}}"#),
+        })
+    };
+    let script = vec![
+        Step::Event(Event::reasoning("hm")),
+        Step::Event(Event::Reasoning {
+            text: String::new(),
+            signature: Some("sig".into()),
+            redacted: None,
+        }),
+        Step::Event(call(0)),
+        Step::Event(call(1)),
+        Step::Event(Event::End {
+            finish_reason: FinishReason::ToolCalls,
+            raw_finish_reason: Some("tool_use".into()),
+            ttft_ms: None,
+            duration_ms: 1,
+        }),
+    ];
+    let h = Harness::new(config(), FakeBackend::new(Behavior::Script(script)));
+    let server = serve(h.controller.clone()).await;
+    let res = send(
+        server.addr,
+        Method::POST,
+        "/v1/chat/completions",
+        &[USER, ("x-provider-api-key", KEY)],
+        Some(chat("gpt-4o", true)),
+    )
+    .await;
+    let chunks = data_lines(&body_of(res).await.2);
+    let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    assert_eq!(deltas[1]["reasoning_content"], "hm");
+    let calls: Vec<&Value> = deltas.iter().filter_map(|d| d.get("tool_calls")).collect();
+    assert_eq!(
+        calls,
+        [
+            &json!([{"index": 0, "id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"P0\"}"}}]),
+            &json!([{"index": 1, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"P1\"}"}}]),
+        ]
+    );
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("tool_calls")]);
+
+    let res = send(
+        server.addr,
+        Method::POST,
+        "/v1/messages",
+        &[USER, ("x-provider-api-key", KEY)],
+        Some(messages("claude-haiku-4-5", true)),
+    )
+    .await;
+    let events = data_lines(&body_of(res).await.2);
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let t = e["type"].as_str().unwrap();
+            match (e.get("content_block"), e.get("delta")) {
+                (Some(b), _) => format!("{t}:{}", b["type"].as_str().unwrap()),
+                (_, Some(d)) if d.get("type").is_some() => {
+                    format!("{t}:{}", d["type"].as_str().unwrap())
+                }
+                _ => t.to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message_start",
+            "content_block_start:thinking",
+            "ping",
+            "content_block_delta:thinking_delta",
+            "content_block_delta:signature_delta",
+            "content_block_stop",
+            "content_block_start:tool_use",
+            "content_block_delta:input_json_delta",
+            "content_block_stop",
+            "content_block_start:tool_use",
+            "content_block_delta:input_json_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    assert_eq!(
+        events[6]["content_block"],
+        json!({"type": "tool_use", "id": "call_0", "name": "get_weather", "input": {}})
+    );
+    assert_eq!(events[7]["delta"]["partial_json"], "{\"city\":\"P0\"}");
+    assert_eq!(events[7]["index"], 1);
+    assert_eq!(events[12]["delta"]["stop_reason"], "tool_use");
+
+    // Not streamed: the same blocks in order.
+    let res = send(
+        server.addr,
+        Method::POST,
+        "/v1/messages",
+        &[USER, ("x-provider-api-key", KEY)],
+        Some(messages("claude-haiku-4-5", false)),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body_of(res).await.2).unwrap();
+    assert_eq!(
+        v["content"],
+        json!([
+            {"type": "thinking", "thinking": "hm", "signature": "sig"},
+            {"type": "tool_use", "id": "call_0", "name": "get_weather", "input": {"city": "P0"}},
+            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "P1"}},
+        ])
+    );
+    let res = send(
+        server.addr,
+        Method::POST,
+        "/v1/chat/completions",
+        &[USER, ("x-provider-api-key", KEY)],
+        Some(chat("gpt-4o", false)),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body_of(res).await.2).unwrap();
+    let msg = &v["choices"][0]["message"];
+    assert!(msg["content"].is_null(), "{msg}");
+    assert_eq!(
+        msg["tool_calls"][1]["function"]["arguments"],
+        "{\"city\":\"P1\"}"
+    );
+    assert_eq!(msg["reasoning_content"], "hm");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+}

@@ -19,7 +19,7 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use polydev_protocol::{
     Content, Credentials, Event, FinishReason, Image, Job, Message, Part, Provider, Reasoning,
-    ReasoningBlock, Role, Tool, ToolCall, ToolChoice, Usage,
+    ReasoningBlock, ResponseFormat, Role, Tool, ToolCall, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -68,8 +68,27 @@ struct MessagesRequest {
     credentials: Option<Credentials>,
     #[serde(default)]
     thinking: Option<Value>,
+    #[serde(default)]
+    output_config: Option<OutputConfig>,
     #[serde(flatten)]
     other: Map<String, Value>,
+}
+
+/// Anthropic's structured output: `output_config.format` `{"type":"json_schema","schema"}`.
+#[derive(Debug, Deserialize)]
+struct OutputConfig {
+    #[serde(default)]
+    format: Option<OutputFormat>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputFormat {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    schema: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +205,31 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
             ToolChoice::from_value(&v).map_err(|e| invalid(e).param("tool_choice"))
         })
         .transpose()?;
+    let response_format = match req.output_config {
+        None => None,
+        Some(o) => {
+            doors::note_ignored(Door::Anthropic, o.other.keys());
+            match o.format {
+                None => None,
+                Some(OutputFormat {
+                    kind,
+                    schema: Some(schema),
+                }) if kind == "json_schema" => Some(ResponseFormat::JsonSchema {
+                    name: "output".into(),
+                    description: None,
+                    schema,
+                    strict: None,
+                }),
+                Some(f) => {
+                    return Err(invalid(format!(
+                        "output_config.format: type {:?} needs a schema, and only json_schema is supported",
+                        f.kind
+                    ))
+                    .param("output_config"));
+                }
+            }
+        }
+    };
     let metadata_user = req.metadata.as_ref().and_then(|m| m.user_id.as_deref());
     let user = doors::user_id(headers, &[metadata_user])?;
     let job = Job {
@@ -198,6 +242,7 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
         tools,
         tool_choice,
         reasoning,
+        response_format,
         ..doors::job(provider, doors::credentials(headers, req.credentials))
     };
     Ok(Mapped {
