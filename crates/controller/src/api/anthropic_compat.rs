@@ -4,8 +4,10 @@
 //! A stream is named events whose JSON `type` equals the event name: `message_start` (the
 //! message with empty content), per content block `content_block_start` /
 //! `content_block_delta`* / `content_block_stop` (`thinking` blocks for `reasoning` events,
-//! `text` blocks for `text` events; one `ping` after the first block start, and pings while the
-//! execution is quiet), `message_delta` with the `stop_reason` and cumulative usage, and
+//! closed by their `signature_delta`; `redacted_thinking` blocks; `text` blocks for `text` and
+//! `refusal` events; one `tool_use` block per `tool_call` event, its input as one
+//! `input_json_delta`; one `ping` after the first block start, and pings while the execution
+//! is quiet), `message_delta` with the `stop_reason` and cumulative usage, and
 //! `message_stop`. A failure after output began is one `event: error` with Anthropic's error
 //! object, and no `message_stop`. Auth is the controller token as `x-api-key` (what the SDK's
 //! `api_key` sends) or a bearer token (its `auth_token`).

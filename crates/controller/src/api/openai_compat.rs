@@ -3,15 +3,18 @@
 //! application points the SDK at the controller and each call becomes an ordinary execution.
 //!
 //! A stream is `data: {chat.completion.chunk}` frames and `data: [DONE]`: a role chunk, one
-//! chunk per `text` (`delta.content`) or `reasoning` (`delta.reasoning_content`) event, a
-//! finish chunk with an empty delta, then with `stream_options.include_usage` a usage chunk
-//! with `choices: []` (every earlier chunk then carries `"usage":null`, as OpenAI's do). The
-//! chunk id is `chatcmpl-<execution id>`. A failure after output began is one
-//! `data: {"error":{…}}` frame and the stream ends without `[DONE]` (what the SDK raises on).
+//! chunk per `text` (`delta.content`), `reasoning` (`delta.reasoning_content`), `refusal`
+//! (`delta.refusal`) or `tool_call` event (`delta.tool_calls`, each call whole with its
+//! `index`), a finish chunk with an empty delta, then with `stream_options.include_usage` a
+//! usage chunk with `choices: []` (every earlier chunk then carries `"usage":null`, as
+//! OpenAI's do). The chunk id is `chatcmpl-<execution id>`. A failure after output began is
+//! one `data: {"error":{…}}` frame and the stream ends without `[DONE]` (what the SDK raises
+//! on).
 //!
-//! Request fields the job has no name for yet are refused with a 400 naming the field when
-//! they change the answer (`n > 1`, `logprobs`, audio, tools, images…), and ignored (logged
-//! once per name) when they are only hints (`top_p`, `seed`, `metadata`…).
+//! Requests map onto the job (DESIGN.md 4.5): parts content with images, tools and tool
+//! results, `response_format`, `reasoning_effort`, `stop`. Fields the job cannot carry are
+//! refused with a 400 naming the field when they change the answer (`n > 1`, `logprobs`,
+//! audio…), and ignored (logged once per name) when they are only hints (`top_p`, `seed`…).
 
 use axum::Json;
 use axum::body::Bytes;
