@@ -66,8 +66,8 @@ mod tests {
 
     #[test]
     fn a_wrong_parent_is_refused() {
-        let parent = u32::try_from(rustix::process::getppid().map_or(0, |p| p.as_raw_pid()))
-            .unwrap_or(0);
+        let parent =
+            u32::try_from(rustix::process::getppid().map_or(0, |p| p.as_raw_pid())).unwrap_or(0);
         let err = die_with_parent(parent.wrapping_add(1)).err();
         assert!(
             matches!(err, Some(ParentError::Gone { actual: Some(p), .. }) if p == parent),

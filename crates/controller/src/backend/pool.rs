@@ -603,7 +603,11 @@ mod tests {
         drop(first);
         tokio::time::sleep(Duration::from_millis(30)).await;
         let s = p.status();
-        assert_eq!((s.idle, s.starting), (1, 0), "nothing starts before the refill fires");
+        assert_eq!(
+            (s.idle, s.starting),
+            (1, 0),
+            "nothing starts before the refill fires"
+        );
         refill.now();
         assert!(!refill.is_armed());
         until(&p, |s| s.idle == 2).await;
