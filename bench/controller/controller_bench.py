@@ -1047,9 +1047,15 @@ def before_after(a: Any, ctx: dict[str, Any]) -> None:
     b = ctx["baseline"]
     a("## Before and after")
     a("")
-    a(f"*Before* is `{ctx['baseline_label']}`, measured by this harness with the same options "
-      f"({b.get('date', '?')}; its machine load: {b.get('noise', '?')}); *after* is this run (machine load "
-      "above). Both on this machine, the rig (emulator and load client) on the same CPUs.")
+    def load(x: dict[str, Any]) -> str:
+        share = x.get("others_share")
+        la = x.get("load_before") or [float("nan")]
+        return ("?" if share is None else f"other work used {share * 100:.0f}% of the CPUs") + \
+            f", load average {fmt(la[0])} at the start"
+
+    a(f"*Before* is `{ctx['baseline_label']}`, measured by this harness with the same options at "
+      f"{b.get('date', '?')} ({load(b)}); *after* is this run at {ctx.get('date', '?')} ({load(ctx)}). "
+      "Both on this machine, the rig (emulator and load client) on the same CPUs.")
     a("")
     a("| measure | before | after |")
     a("|---|---:|---:|")

@@ -10,7 +10,7 @@
 //! - **One job per instance**: a claimed instance leaves the pool for good; the pool refills in
 //!   the background once the claimer calls [`WarmPool::replenish`] (after its handover, so the
 //!   refill's task spawn stays off the claim's critical path), or later still through a
-//!   [`Refill`] that the claimed instance fires at its first output: on a small machine the
+//!   [`Refill`] that the claimed instance's supervisor fires just after its first token: on a small machine the
 //!   replacement's start-up (a spawn, an exec, TLS set-up) would otherwise compete for the CPU
 //!   with the claimed execution's way to its first token.
 //! - **Bounded, non-spinning refills**: at most `max_concurrent_starts` starts are in flight,

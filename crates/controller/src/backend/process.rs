@@ -27,8 +27,8 @@
 //! - **The warm pool** is the generic [`WarmPool`]; a claim pops an idle instance (checking it
 //!   is alive), hands it the output channel, and writes the job line to its stdin: a mutex, a
 //!   oneshot send and one pipe write, measured as [`Instance::claim_latency`]. The replacement
-//!   starts once the claimed runtime printed its second line (its first token, or its error),
-//!   or [`REFILL_DELAY`] after the claim if that comes first: on a small machine its start-up
+//!   starts 2 ms after the claimed runtime printed its second line (its first token, or its
+//!   error), or [`REFILL_DELAY`] after the claim if that comes first: on a small machine its start-up
 //!   would otherwise compete for the CPU with the claimed execution's first token. A failed write, or a runtime that ends without printing anything (it
 //!   was dying already, so it sent nothing upstream), means "give the job to the next one"; an
 //!   instance is never reused.
@@ -80,6 +80,9 @@ pub const RUNTIME_BIN: &str = "polydev-runtime";
 /// the module documentation). Real upstreams take far longer to their first token, so the
 /// replacement then starts while the claimed runtime only waits on the network.
 pub const REFILL_DELAY: Duration = Duration::from_millis(20);
+/// How long after the claimed runtime's first token its replacement starts: the token's relay
+/// to the client (a pipe, three tasks, a socket) takes well under a millisecond.
+const REFILL_AFTER_FIRST_TOKEN: Duration = Duration::from_millis(2);
 
 /// Extra stderr bytes kept beyond `max_stderr_bytes`, so that a credential cut at the start of
 /// the kept window can be dropped whole before redaction (see `render_tail`).
@@ -660,7 +663,7 @@ struct Claim {
     key: ApiKey,
     /// Fired at the runtime's first output line; dropped unfired if it ends without any.
     accepted: oneshot::Sender<()>,
-    /// The pool's replacement for this instance, started at its first token (or after
+    /// The pool's replacement for this instance, started just after its first token (or after
     /// [`REFILL_DELAY`], or when the supervisor ends).
     refill: Refill,
 }
@@ -736,8 +739,8 @@ struct Supervisor {
     key: Option<ApiKey>,
     /// A claimed warm runtime: tell `launch` about the first output line.
     accepted: Option<oneshot::Sender<()>>,
-    /// A claimed warm runtime: the pool's replacement, started at the second output line or
-    /// at `refill_at`, whichever comes first.
+    /// A claimed warm runtime: the pool's replacement, started at `refill_at` (brought forward
+    /// at the second output line) or when the supervisor ends.
     refill: Refill,
     refill_at: Option<Instant>,
     /// Output lines read so far.
@@ -1078,9 +1081,12 @@ impl Supervisor {
                             let _ = accepted.send(());
                         }
                         // `start` comes first; the next line is the first token (or an error).
+                        // The replacement starts a moment after it, once that token is on its
+                        // way to the client, not while this task and the driver relay it.
                         self.lines += 1;
-                        if self.lines >= 2 {
-                            self.refill.now();
+                        if self.lines == 2 {
+                            let soon = Instant::now() + REFILL_AFTER_FIRST_TOKEN;
+                            self.refill_at = Some(self.refill_at.map_or(soon, |t| t.min(soon)));
                         }
                         if discard || out.is_none() {
                             continue;
