@@ -9,6 +9,8 @@
 #   scripts/bench-controller.sh                       build, then everything (~10 min after the build)
 #   BENCH_SKIP_BUILD=1 scripts/bench-controller.sh    reuse the release binaries already built
 #   scripts/bench-controller.sh --sweep 250,500       other flags go to bench/controller/controller_bench.py
+#   BENCH_BASELINE=main scripts/bench-controller.sh   also measure a git ref's binaries first, same options,
+#                                                     and report before and after side by side
 #
 # Steps:
 #   1. cargo build --release -p polydev-controller -p polydev-runtime -p polydev-emulator
@@ -18,7 +20,10 @@
 #   3. Python from .venv (scripts/setup-python.sh creates it if missing) with matplotlib from
 #      bench/controller/requirements.txt (installed if missing).
 #   4. the open-file limit raised to the hard limit (thousands of sockets and pipes).
-#   5. bench/controller/controller_bench.py measures, checks, prints and writes the report.
+#   5. with BENCH_BASELINE=<ref>: that ref's source (`git archive`) into target/baseline-src, built
+#      into its own target dir target/baseline-build (symbols kept, for scripts/profile.sh), its
+#      binaries measured by the harness into bench/controller/results/baseline.json.
+#   6. bench/controller/controller_bench.py measures, checks, prints and writes the report.
 # Exits non-zero if a build fails or an execution of the latency phase fails. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +64,24 @@ LINK='The controller benchmark (warm-pool claim, added time to first token, conc
 if [[ -f docs/benchmarks.md ]] && ! grep -qF 'benchmarks-controller.md' docs/benchmarks.md; then
   awk -v link="$LINK" 'NR==1 {print; print ""; print link; next} {print}' docs/benchmarks.md > docs/benchmarks.md.tmp \
     && mv docs/benchmarks.md.tmp docs/benchmarks.md
+fi
+
+if [[ -n "${BENCH_BASELINE:-}" ]]; then
+  BASE_SRC="$ROOT/target/baseline-src"
+  BASE_BIN="$ROOT/target/baseline-build/release"
+  BASE_REV="$(git rev-parse --short "$BENCH_BASELINE")"
+  if [[ "${BENCH_SKIP_BUILD:-0}" != 1 || ! -x "$BASE_BIN/polydev-controller" ]]; then
+    step "baseline: $BENCH_BASELINE ($BASE_REV) into target/baseline-src, built into target/baseline-build"
+    rm -rf "$BASE_SRC" && mkdir -p "$BASE_SRC"
+    git archive "$BENCH_BASELINE" | tar -x -C "$BASE_SRC"
+    (cd "$BASE_SRC" && CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR="$ROOT/target/baseline-build" \
+      cargo build --release -p polydev-controller -p polydev-runtime -p polydev-emulator)
+  fi
+  step "baseline measurement ($BENCH_BASELINE, $BASE_REV)"
+  "$VPY" bench/controller/controller_bench.py --command "$CMD" "$@" \
+    --controller "$BASE_BIN/polydev-controller" --runtime "$BASE_BIN/polydev-runtime" \
+    --out '' --plot '' --json bench/controller/results/baseline.json
+  set -- "$@" --baseline bench/controller/results/baseline.json --baseline-label "$BENCH_BASELINE ($BASE_REV)"
 fi
 
 exec "$VPY" bench/controller/controller_bench.py --command "$CMD" "$@"

@@ -111,7 +111,8 @@ pub(crate) async fn drive(
         return;
     }
     exec.mark_running();
-    shared.store.put(exec.record());
+    // The record is written once the launch is done (below, with warm or cold): one store
+    // write fewer per execution, and not while the claimed runtime heads for its first token.
     let queue_wait = exec.created.elapsed();
     let secret = job.credentials.api_key.clone();
     let instance = match shared.backend.launch(job).await {
@@ -171,7 +172,16 @@ async fn pump(
             cfg.runtime_silence.before_output
         }
     };
+    // Built once, not per event: a timer made in every turn of the loop would be registered
+    // with the timer wheel and removed again for every token.
+    let deadline_timer = sleep_until(deadline);
+    tokio::pin!(deadline_timer);
+    let cancelled = exec.cancel_requested();
+    tokio::pin!(cancelled);
     loop {
+        if deadline_timer.deadline() != deadline {
+            deadline_timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             item = instance.output.recv() => match item {
                 Some(InstanceOutput::Event(event)) => {
@@ -235,7 +245,8 @@ async fn pump(
                     break;
                 }
             },
-            () = exec.cancel_requested(), if stop.is_none() => {
+            // Completes once; `stop` is set then, so it is never polled again.
+            () = &mut cancelled, if stop.is_none() => {
                 let reason = exec.cancel_reason().unwrap_or(CancelReason::Client);
                 instance.cancel.cancel();
                 stop = Some(Stop::Cancel(reason));
@@ -252,7 +263,7 @@ async fn pump(
                     silence.as_mut().reset(due);
                 }
             }
-            () = sleep_until(deadline), if stop.is_none() => {
+            () = &mut deadline_timer, if stop.is_none() => {
                 instance.cancel.cancel();
                 stop = Some(if exec.is_ended() { Stop::Linger } else { Stop::Deadline });
                 kill_at = Some(Instant::now() + cfg.cancel_wait);

@@ -287,9 +287,14 @@ async fn the_credential_is_not_in_argv_or_environ() {
                 for var in text.split('\0').filter(|v| !v.is_empty()) {
                     let name = var.split('=').next().unwrap_or_default();
                     assert!(
-                        name.ends_with("_BASE_URL") || name == "OUTPUT" || name == "WARM_POOL",
+                        name.ends_with("_BASE_URL")
+                            || ["OUTPUT", "WARM_POOL", "PARENT_PID", "GLIBC_TUNABLES"]
+                                .contains(&name),
                         "unexpected variable {name} in /proc/{pid}/environ"
                     );
+                    if name == "PARENT_PID" {
+                        assert_eq!(var, format!("PARENT_PID={}", std::process::id()));
+                    }
                 }
             }
         }
@@ -489,8 +494,9 @@ async fn shutdown_cancels_everything_and_leaves_no_child() {
 }
 
 /// Re-executed by `children_die_with_a_killed_controller` as a stand-in controller: starts a
-/// backend with warm instances and one running execution, prints their pids, and waits to be
-/// killed. A no-op in a normal test run.
+/// backend with warm instances and one running execution, and one without a pool and one
+/// running (cold-started) execution, prints their pids, and waits to be killed. A no-op in a
+/// normal test run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pdeathsig_helper() {
     let Some(emulator_base) = std::env::var_os("POLYDEV_PDEATHSIG_HELPER") else {
@@ -501,16 +507,31 @@ async fn pdeathsig_helper() {
     // One text event, then the upstream goes silent with the connection open.
     let mut running = launch(&b, job(Provider::OpenAi, "emu-len200-stall1", "ex_orphan")).await;
     until_first_text(&mut running).await;
-    let pids: Vec<String> = b.child_pids().iter().map(u32::to_string).collect();
+    // The claimed instance's replacement starts at its first token: wait for it explicitly.
+    wait_idle(&b, 2).await;
+    let cold = backend(config_for(&emulator_base.to_string_lossy(), 0));
+    let mut running_cold = launch(
+        &cold,
+        job(Provider::OpenAi, "emu-len200-stall1", "ex_orphan_cold"),
+    )
+    .await;
+    assert!(!running_cold.warm);
+    until_first_text(&mut running_cold).await;
+    let pids: Vec<String> = b
+        .child_pids()
+        .iter()
+        .chain(cold.child_pids().iter())
+        .map(u32::to_string)
+        .collect();
     println!("PIDS {}", pids.join(" "));
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
-/// A `kill -9`ed controller leaves no runtime behind. The running runtime's upstream (the
-/// emulator, in this process) has stalled with its connection open, so it writes nothing and
-/// would notice neither its closed stdout nor anything else for a minute (the idle timeout):
-/// only the parent-death signal can end it within the second. (Idle warm runtimes would also
-/// exit on their stdin's EOF.)
+/// A `kill -9`ed controller leaves no runtime behind. The running runtimes' upstream (the
+/// emulator, in this process) has stalled with its connections open, so they write nothing and
+/// would notice neither their closed stdout nor anything else for a minute (the idle timeout):
+/// only the parent-death signal, which each runtime sets itself (`PARENT_PID`), can end them
+/// within the second. (Idle warm runtimes would also exit on their stdin's EOF.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_die_with_a_killed_controller() {
     use tokio::io::AsyncBufReadExt;
@@ -545,9 +566,12 @@ async fn children_die_with_a_killed_controller() {
             other => panic!("the helper printed no pids: {other:?}"),
         }
     };
-    assert!(pids.len() >= 3, "two warm and one running: {pids:?}");
+    assert!(
+        pids.len() >= 4,
+        "two warm, one running warm and one running cold: {pids:?}"
+    );
     assert!(pids.iter().all(|p| is_running(*p)), "{pids:?}");
-    assert_eq!(emu.status().open_streams, 1, "{:?}", emu.status());
+    assert_eq!(emu.status().open_streams, 2, "{:?}", emu.status());
     helper.start_kill().unwrap_or_else(|e| panic!("{e}"));
     let status = helper.wait().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!status.success());

@@ -41,6 +41,7 @@ pub const RESPONSE_FORMAT: &str = "RESPONSE_FORMAT";
 pub const TOOLS: &str = "TOOLS";
 pub const TOOL_CHOICE: &str = "TOOL_CHOICE";
 pub const OPTIONS: &str = "OPTIONS";
+pub const PARENT_PID: &str = "PARENT_PID";
 
 /// Timeout and retry defaults: the contract's (the controller bounds a runtime's silence by
 /// them too).
@@ -155,6 +156,8 @@ pub struct Settings {
     pub warm: bool,
     /// Warm mode's job source when `CONTROLLER_URL` is set (else stdin).
     pub pull: Option<crate::pull::PullConfig>,
+    /// The process that started this one: die with it (see `parent.rs`).
+    pub parent_pid: Option<u32>,
     base_urls: HashMap<Provider, String>,
 }
 
@@ -228,6 +231,7 @@ impl Settings {
             retry,
             warm,
             pull,
+            parent_pid: parse_num(env, PARENT_PID)?,
             base_urls,
         })
     }

@@ -210,20 +210,33 @@ impl<W: std::io::Write> Run<'_, W> {
         let key = &plan.job.credentials.api_key;
         let mut parser = StreamParser::new(plan.job.provider, plan.limits);
         let mut last_activity = Instant::now();
+        // One timer for the whole stream, checked lazily: it is armed for the deadline as it
+        // was, and when it fires, activity since then may have moved the deadline, so it is
+        // re-armed instead of failing. Resetting a timer on every chunk would cost a timer
+        // wheel update per token.
+        let timer = tokio::time::sleep_until(self.deadline(last_activity, first_token_deadline));
+        tokio::pin!(timer);
+        let cancel_wait = cancelled(cancel);
+        tokio::pin!(cancel_wait);
         let end = loop {
-            let idle_deadline = last_activity + plan.timeouts.idle;
-            let mut deadline = idle_deadline.min(self.total_deadline);
-            if self.first_output.is_none() {
-                deadline = deadline.min(first_token_deadline);
-            }
             let frame = tokio::select! {
                 biased;
-                _ = cancelled(cancel) => break AttemptEnd::Cancelled,
-                f = tokio::time::timeout_at(deadline, body.frame()) => f,
+                _ = &mut cancel_wait => break AttemptEnd::Cancelled,
+                f = body.frame() => Ok(f),
+                () = &mut timer => {
+                    let deadline = self.deadline(last_activity, first_token_deadline);
+                    if Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    Err(deadline)
+                }
             };
             self.events.clear();
             let step = match frame {
-                Err(_) => break AttemptEnd::Failed(self.timeout_error(deadline, attempt_start)),
+                Err(deadline) => {
+                    break AttemptEnd::Failed(self.timeout_error(deadline, attempt_start));
+                }
                 Ok(None) => match parser.finish(&mut self.events) {
                     Ok(f) => Ok(Some(f)),
                     Err(e) => Err(e.redacted(key).into()),
@@ -264,17 +277,27 @@ impl<W: std::io::Write> Run<'_, W> {
         end
     }
 
-    /// Writes the events the parser produced; false if stdout is gone.
-    fn emit_pending(&mut self) -> bool {
-        for ev in &self.events {
-            if self.first_output.is_none() && ev.is_output() {
-                self.first_output = Some(Instant::now());
-            }
-            if self.out.emit(ev).is_err() {
-                return false;
-            }
+    /// The stream's deadline: idle since the last activity, total, and first token until the
+    /// first output.
+    fn deadline(&self, last_activity: Instant, first_token_deadline: Instant) -> Instant {
+        let deadline = (last_activity + self.plan.timeouts.idle).min(self.total_deadline);
+        if self.first_output.is_none() {
+            deadline.min(first_token_deadline)
+        } else {
+            deadline
         }
-        true
+    }
+
+    /// Writes the events the parser produced (one write for all of them); false if stdout is
+    /// gone.
+    fn emit_pending(&mut self) -> bool {
+        if self.events.is_empty() {
+            return true;
+        }
+        if self.first_output.is_none() && self.events.iter().any(|ev| ev.is_output()) {
+            self.first_output = Some(Instant::now());
+        }
+        self.out.emit_all(&self.events).is_ok()
     }
 
     /// Names the timeout that expired at `deadline`.

@@ -8,6 +8,7 @@
 mod config;
 mod execute;
 mod output;
+mod parent;
 mod pull;
 mod transport;
 
@@ -83,6 +84,8 @@ SETTINGS (environment, every mode):
     CONTROLLER_URL           pull mode: controller base URL (https://, or http:// on loopback)
     RUNTIME_TOKEN            pull mode: bearer token for the controller
     RUNTIME_TOKEN_FILE       pull mode: file holding the token, re-read on every request
+    PARENT_PID               die (SIGKILL) when the parent exits; exit at once if the
+                             parent is already not this pid (set by the controller)
 
 OUTPUT (ndjson): start; text, reasoning (signature/redacted blocks with empty text),
     tool_call {id,name,arguments} and refusal events; usage; then exactly one end or error.
@@ -188,6 +191,13 @@ async fn run(command: Command) -> Option<i32> {
         Ok(s) => s,
         Err(e) => return fail_config(&mut out, &e.0),
     };
+    if let Some(pid) = settings.parent_pid
+        && let Err(e) = parent::die_with_parent(pid)
+    {
+        // Nobody is left to read an event: say why on stderr and stop.
+        diag(&e.to_string());
+        return ErrorKind::Cancelled.exit_code();
+    }
     let mut cancel = install_signal_handlers();
     // TLS set-up happens before the job arrives: warm runtimes pay it before `ready`.
     let transport = match Transport::new(settings.extra_ca_certs.as_deref()) {

@@ -1,7 +1,8 @@
 //! Writes events to stdout as they happen: one NDJSON line per event (the controller
 //! contract) or, in text mode, just the answer for a person (text, refusals, and one line per
-//! tool call). Every event is flushed at once;
-//! nothing is buffered behind the stream. Diagnostics go to stderr.
+//! tool call). Every event is flushed at once; nothing is buffered behind the stream. Events
+//! that are ready together (one upstream chunk can carry several) go out in one write, so the
+//! reader wakes once for them. Diagnostics go to stderr.
 
 use std::io::{self, Write};
 
@@ -40,43 +41,54 @@ impl<W: Write> Output<W> {
 
     /// Writes one event. An error means stdout is gone (the reader closed the pipe).
     pub fn emit(&mut self, event: &Event) -> io::Result<()> {
+        self.emit_all(std::slice::from_ref(event))
+    }
+
+    /// Writes events in order, in one write in NDJSON mode. An error means stdout is gone.
+    pub fn emit_all(&mut self, events: &[Event]) -> io::Result<()> {
         match self.mode {
             OutputMode::Ndjson => {
                 self.line.clear();
-                serde_json::to_writer(&mut self.line, event).map_err(io::Error::other)?;
-                self.line.push(b'\n');
+                for event in events {
+                    serde_json::to_writer(&mut self.line, event).map_err(io::Error::other)?;
+                    self.line.push(b'\n');
+                }
                 self.out.write_all(&self.line)?;
                 self.out.flush()
             }
-            OutputMode::Text => match event {
-                // A refusal is the answer a person gets.
-                Event::Text { text } | Event::Refusal { text } if !text.is_empty() => {
-                    self.out.write_all(text.as_bytes())?;
-                    self.at_line_start = text.ends_with('\n');
-                    self.out.flush()
-                }
-                Event::ToolCall(call) => {
-                    let sep = if self.at_line_start { "" } else { "\n" };
-                    let line = format!(
-                        "{sep}[tool call {} {}: {}]\n",
-                        call.id, call.name, call.arguments
-                    );
-                    self.out.write_all(line.as_bytes())?;
+            OutputMode::Text => events.iter().try_for_each(|e| self.emit_text(e)),
+        }
+    }
+
+    fn emit_text(&mut self, event: &Event) -> io::Result<()> {
+        match event {
+            // A refusal is the answer a person gets.
+            Event::Text { text } | Event::Refusal { text } if !text.is_empty() => {
+                self.out.write_all(text.as_bytes())?;
+                self.at_line_start = text.ends_with('\n');
+                self.out.flush()
+            }
+            Event::ToolCall(call) => {
+                let sep = if self.at_line_start { "" } else { "\n" };
+                let line = format!(
+                    "{sep}[tool call {} {}: {}]\n",
+                    call.id, call.name, call.arguments
+                );
+                self.out.write_all(line.as_bytes())?;
+                self.at_line_start = true;
+                self.out.flush()
+            }
+            Event::End { .. } | Event::Error(_) => {
+                if !self.at_line_start {
+                    self.out.write_all(b"\n")?;
                     self.at_line_start = true;
-                    self.out.flush()
                 }
-                Event::End { .. } | Event::Error(_) => {
-                    if !self.at_line_start {
-                        self.out.write_all(b"\n")?;
-                        self.at_line_start = true;
-                    }
-                    if let Event::Error(e) = event {
-                        diag(&format!("error ({}): {}", e.kind, e.message));
-                    }
-                    self.out.flush()
+                if let Event::Error(e) = event {
+                    diag(&format!("error ({}): {}", e.kind, e.message));
                 }
-                _ => Ok(()),
-            },
+                self.out.flush()
+            }
+            _ => Ok(()),
         }
     }
 
@@ -120,6 +132,32 @@ mod tests {
         let lines: Vec<_> = s.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0], r#"{"type":"text","text":"a\nb"}"#);
+    }
+
+    /// Events ready together go out in one write, each on its own line.
+    #[test]
+    fn a_batch_is_one_write_of_whole_lines() {
+        struct Writes(Vec<Vec<u8>>);
+        impl Write for Writes {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.push(buf.to_vec());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut o = Output::new(OutputMode::Ndjson, Writes(Vec::new()));
+        o.emit_all(&[Event::Text { text: "a".into() }, end()])
+            .unwrap();
+        o.emit_all(&[]).unwrap();
+        let writes = o.into_inner().0;
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        let s = String::from_utf8(writes[0].clone()).unwrap();
+        let lines: Vec<_> = s.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], r#"{"type":"text","text":"a"}"#);
+        assert!(s.ends_with('\n'));
     }
 
     #[test]

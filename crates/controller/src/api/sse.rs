@@ -1,6 +1,6 @@
 //! Server-sent event streams over execution logs (DESIGN.md 5): `id:` is the event's sequence
 //! number within its execution, `event:` its type, `data:` the runtime's event JSON plus
-//! `execution_id`. A stream ends right after the terminal event; keep-alive comments flow while
+//! `execution_id` (added here: the log stores it once per execution). A stream ends right after the terminal event; keep-alive comments flow while
 //! it waits. The perspectives stream interleaves several executions (adding `target` and `seq`
 //! to each event's data, and no `id:`, since ids are per execution) and ends with
 //! `event: done` once every target has ended.
@@ -67,11 +67,11 @@ pub fn log_stream(exec: Arc<Execution>, after: u64) -> impl Stream<Item = Logged
     })
 }
 
-fn frame(ev: &LoggedEvent) -> SseEvent {
+fn frame(ev: &LoggedEvent, execution_id: &str) -> SseEvent {
     SseEvent::default()
         .id(ev.seq.to_string())
         .event(ev.kind)
-        .data(&*ev.data)
+        .data(ev.wire_data(execution_id))
 }
 
 /// One execution's SSE response.
@@ -81,9 +81,10 @@ pub fn execution_sse(
     guard: StreamGuard,
     keepalive: std::time::Duration,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send> {
+    let id = exec.id.clone();
     let s = log_stream(exec, after).map(move |ev| {
         let _held = &guard;
-        Ok(frame(&ev))
+        Ok(frame(&ev, &id))
     });
     Sse::new(s).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
 }
@@ -96,11 +97,12 @@ pub fn perspectives_sse(
     keepalive: std::time::Duration,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send> {
     let streams = execs.into_iter().enumerate().map(|(target, exec)| {
+        let id = exec.id.clone();
         log_stream(exec, 0)
             .map(move |ev| {
                 SseEvent::default()
                     .event(ev.kind)
-                    .data(ev.data_with_target(target))
+                    .data(ev.data_with_target(&id, target))
             })
             .boxed()
     });

@@ -9,7 +9,10 @@
 //!   through its [`DeathNotice`], which removes it and starts a replacement.
 //! - **One job per instance**: a claimed instance leaves the pool for good; the pool refills in
 //!   the background once the claimer calls [`WarmPool::replenish`] (after its handover, so the
-//!   refill's task spawn stays off the claim's critical path).
+//!   refill's task spawn stays off the claim's critical path), or later still through a
+//!   [`Refill`] that the claimed instance's supervisor fires just after its first token: on a small machine the
+//!   replacement's start-up (a spawn, an exec, TLS set-up) would otherwise compete for the CPU
+//!   with the claimed execution's way to its first token.
 //! - **Bounded, non-spinning refills**: at most `max_concurrent_starts` starts are in flight,
 //!   and consecutive start failures (a missing binary, a broken image) back off exponentially
 //!   up to `backoff_max` instead of spinning.
@@ -120,12 +123,54 @@ impl std::fmt::Debug for DeathNotice {
 
 trait DeathSink: Send + Sync {
     fn instance_died(self: Arc<Self>, id: u64);
+    fn replenish(self: Arc<Self>);
 }
 
 struct NoSink;
 
 impl DeathSink for NoSink {
     fn instance_died(self: Arc<Self>, _id: u64) {}
+    fn replenish(self: Arc<Self>) {}
+}
+
+/// A claim's deferred pool refill: starts the replacement when [`Refill::now`] is called (the
+/// backend does at the claimed instance's first output, or after a short delay) or, at the
+/// latest, when dropped. Holds only a weak reference to the pool.
+pub struct Refill {
+    sink: Option<Weak<dyn DeathSink>>,
+}
+
+impl Refill {
+    /// A refill that does nothing (nothing was claimed).
+    pub fn none() -> Refill {
+        Refill { sink: None }
+    }
+
+    /// Whether it still has a refill to start.
+    pub fn is_armed(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Starts the refill now (in the background; returns at once). Later calls do nothing.
+    pub fn now(&mut self) {
+        if let Some(sink) = self.sink.take().and_then(|w| w.upgrade()) {
+            sink.replenish();
+        }
+    }
+}
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+impl std::fmt::Debug for Refill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refill")
+            .field("armed", &self.is_armed())
+            .finish()
+    }
 }
 
 /// The pool. Cheap to share behind an `Arc` (all methods take `&self`).
@@ -229,6 +274,13 @@ impl<S: WarmStarter> WarmPool<S> {
     /// Starts replacements for claimed or dead instances (in the background; returns at once).
     pub fn replenish(&self) {
         Shared::refill(&self.shared);
+    }
+
+    /// A [`Refill`] that starts replacements when fired or dropped.
+    pub fn deferred_replenish(&self) -> Refill {
+        let weak: Weak<Shared<S>> = Arc::downgrade(&self.shared);
+        let sink: Weak<dyn DeathSink> = weak;
+        Refill { sink: Some(sink) }
     }
 
     /// A claim was served by a warm instance.
@@ -410,6 +462,10 @@ impl<S: WarmStarter> Shared<S> {
 }
 
 impl<S: WarmStarter> DeathSink for Shared<S> {
+    fn replenish(self: Arc<Self>) {
+        Shared::refill(&self);
+    }
+
     fn instance_died(self: Arc<Self>, id: u64) {
         let removed = {
             let mut st = self.lock();
@@ -439,6 +495,15 @@ impl<S: WarmStarter> Replenish<'_, S> {
     pub fn now(&mut self) {
         if std::mem::take(&mut self.due) {
             self.pool.replenish();
+        }
+    }
+
+    /// Hands the due refill over to a [`Refill`] (disarmed when none is due).
+    pub fn defer(&mut self) -> Refill {
+        if std::mem::take(&mut self.due) {
+            self.pool.deferred_replenish()
+        } else {
+            Refill::none()
         }
     }
 }
@@ -521,6 +586,47 @@ mod tests {
         p.replenish();
         until(&p, |s| s.idle == 3).await;
         assert_eq!(p.counters().started, 5);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_refill_starts_only_when_fired_or_dropped() {
+        let p = pool(2, Starter::default());
+        until(&p, |s| s.idle == 2).await;
+        let mut first = Replenish {
+            pool: &p,
+            due: false,
+        };
+        assert!(p.claim().is_some());
+        first.due = true;
+        let mut refill = first.defer();
+        assert!(refill.is_armed());
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let s = p.status();
+        assert_eq!(
+            (s.idle, s.starting),
+            (1, 0),
+            "nothing starts before the refill fires"
+        );
+        refill.now();
+        assert!(!refill.is_armed());
+        until(&p, |s| s.idle == 2).await;
+        // Dropped unfired (the claimed instance never produced output): it refills too.
+        assert!(p.claim().is_some());
+        drop(p.deferred_replenish());
+        until(&p, |s| s.idle == 2).await;
+        assert_eq!(p.counters().started, 4);
+        // Nothing due: nothing to start, and a pool that is gone is no error.
+        let mut none = Replenish {
+            pool: &p,
+            due: false,
+        }
+        .defer();
+        assert!(!none.is_armed());
+        none.now();
+        let orphan = p.deferred_replenish();
+        drop(p);
+        drop(orphan);
     }
 
     #[tokio::test]

@@ -18,15 +18,18 @@
 //!   last, after stdout EOF and the exit status. It reaps the child as soon as it exits, even if
 //!   the consumer is slow, so there are no zombies and [`Backend::shutdown`] can wait for reaping
 //!   alone.
-//! - **Children die with the controller**, even on `kill -9`: they are forked from one
-//!   long-lived spawner thread with `PR_SET_PDEATHSIG(SIGKILL)` (see `spawner.rs` for why a
-//!   dedicated thread, and `sys.rs` for the crate's only unsafe code). They also run in their
-//!   own process group, so a terminal's Ctrl-C reaches only the controller, which then shuts
-//!   down in order.
+//! - **Children die with the controller**, even on `kill -9`: they are spawned (`posix_spawn`,
+//!   no `fork` of the controller) from one long-lived spawner thread, and each sets
+//!   `PR_SET_PDEATHSIG(SIGKILL)` itself and checks that its parent is still the controller
+//!   (`PARENT_PID`; see `spawner.rs` for why a dedicated thread). They also run in their own
+//!   process group, so a terminal's Ctrl-C reaches only the controller, which then shuts down
+//!   in order.
 //! - **The warm pool** is the generic [`WarmPool`]; a claim pops an idle instance (checking it
 //!   is alive), hands it the output channel, and writes the job line to its stdin: a mutex, a
-//!   oneshot send and one pipe write, measured as [`Instance::claim_latency`]; the replacement
-//!   starts right after. A failed write, or a runtime that ends without printing anything (it
+//!   oneshot send and one pipe write, measured as [`Instance::claim_latency`]. The replacement
+//!   starts 2 ms after the claimed runtime printed its second line (its first token, or its
+//!   error), or [`REFILL_DELAY`] after the claim if that comes first: on a small machine its start-up
+//!   would otherwise compete for the CPU with the claimed execution's first token. A failed write, or a runtime that ends without printing anything (it
 //!   was dying already, so it sent nothing upstream), means "give the job to the next one"; an
 //!   instance is never reused.
 //! - **Controller-pull mode** ([`ProcessBackendConfig::pull`], `pull_mode.rs`) runs the same
@@ -62,7 +65,7 @@ pub use pull_mode::PullOptions;
 pub use sys::raise_nofile_limit;
 
 use super::pool::{
-    DeathNotice, PoolConfig, PoolCounters, Replenish, WarmInstance, WarmPool, WarmStarter,
+    DeathNotice, PoolConfig, PoolCounters, Refill, Replenish, WarmInstance, WarmPool, WarmStarter,
 };
 use super::pull::InstanceId;
 use super::text::{Tail, garbage_text, line_output, parse_event, render_tail};
@@ -72,6 +75,14 @@ use super::{
 
 /// The runtime binary's file name.
 pub const RUNTIME_BIN: &str = "polydev-runtime";
+
+/// Longest a claimed warm runtime's replacement waits for the claimed one's first token (see
+/// the module documentation). Real upstreams take far longer to their first token, so the
+/// replacement then starts while the claimed runtime only waits on the network.
+pub const REFILL_DELAY: Duration = Duration::from_millis(20);
+/// How long after the claimed runtime's first token its replacement starts: the token's relay
+/// to the client (a pipe, three tasks, a socket) takes well under a millisecond.
+const REFILL_AFTER_FIRST_TOKEN: Duration = Duration::from_millis(2);
 
 /// Extra stderr bytes kept beyond `max_stderr_bytes`, so that a credential cut at the start of
 /// the kept window can be dropped whole before redaction (see `render_tail`).
@@ -333,13 +344,15 @@ impl ProcessBackend {
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
         let (cancel, cancel_rx) = CancelHandle::new();
         let (accepted, accepted_rx) = oneshot::channel();
-        // The supervisor learns about the claim before the runtime can print anything for it.
+        // The supervisor learns about the claim before the runtime can print anything for it,
+        // and starts the replacement once the claimed runtime is past its first token.
         claim
             .send(Claim {
                 out: out_tx,
                 cancel: cancel_rx,
                 key,
                 accepted,
+                refill: replenish.defer(),
             })
             .ok()?;
         // On failure `output` is dropped here, and the supervisor terminates and reaps the
@@ -349,7 +362,6 @@ impl ProcessBackend {
             .ok()?;
         drop(stdin);
         let claim_latency = started.elapsed();
-        replenish.now();
         // A runtime that was already dying (say, SIGKILLed a moment ago: kill(2) returns before
         // the target is gone, so the write above can still succeed) ends without printing
         // anything. The runtime prints `start` (or a config error) before any network I/O, so
@@ -651,6 +663,9 @@ struct Claim {
     key: ApiKey,
     /// Fired at the runtime's first output line; dropped unfired if it ends without any.
     accepted: oneshot::Sender<()>,
+    /// The pool's replacement for this instance, started just after its first token (or after
+    /// [`REFILL_DELAY`], or when the supervisor ends).
+    refill: Refill,
 }
 
 struct ProcessStarter {
@@ -724,6 +739,12 @@ struct Supervisor {
     key: Option<ApiKey>,
     /// A claimed warm runtime: tell `launch` about the first output line.
     accepted: Option<oneshot::Sender<()>>,
+    /// A claimed warm runtime: the pool's replacement, started at `refill_at` (brought forward
+    /// at the second output line) or when the supervisor ends.
+    refill: Refill,
+    refill_at: Option<Instant>,
+    /// Output lines read so far.
+    lines: u64,
     /// Pull mode: the instance's registry slot, token and event feed.
     pull: Option<pull_mode::PullLink>,
 }
@@ -760,6 +781,9 @@ impl Supervisor {
             notes: Vec::new(),
             key: None,
             accepted: None,
+            refill: Refill::none(),
+            refill_at: None,
+            lines: 0,
             pull: None,
         }
     }
@@ -908,6 +932,8 @@ impl Supervisor {
             Ok(claim) => {
                 self.key = Some(claim.key);
                 self.accepted = Some(claim.accepted);
+                self.refill = claim.refill;
+                self.refill_at = Some(Instant::now() + REFILL_DELAY);
                 self.run(Some(claim.out), Some(claim.cancel), None).await;
             }
             Err(why) => {
@@ -1003,6 +1029,7 @@ impl Supervisor {
                     self.terminate("still running after closing stdout");
                 }
                 status = self.child.wait(), if self.exit.is_none() => self.record_exit(status),
+                _ = sleep_opt(self.refill_at), if self.refill.is_armed() => self.refill.now(),
                 _ = sleep_opt(give_up_at), if self.stdout_open || feed_open => {
                     if self.stdout_open {
                         self.stdout_open = false;
@@ -1052,6 +1079,14 @@ impl Supervisor {
                     Ok(Line::Data(bytes)) => {
                         if let Some(accepted) = self.accepted.take() {
                             let _ = accepted.send(());
+                        }
+                        // `start` comes first; the next line is the first token (or an error).
+                        // The replacement starts a moment after it, once that token is on its
+                        // way to the client, not while this task and the driver relay it.
+                        self.lines += 1;
+                        if self.lines == 2 {
+                            let soon = Instant::now() + REFILL_AFTER_FIRST_TOKEN;
+                            self.refill_at = Some(self.refill_at.map_or(soon, |t| t.min(soon)));
                         }
                         if discard || out.is_none() {
                             continue;

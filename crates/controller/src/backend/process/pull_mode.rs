@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
-    Claim, ProcessBackend, ProcessBackendConfig, ProcessIdle, ProcessStarter, Replenish,
+    Claim, ProcessBackend, ProcessBackendConfig, ProcessIdle, ProcessStarter, Refill, Replenish,
     Supervisor, spawn_runtime,
 };
 use crate::backend::pull::{
@@ -325,6 +325,8 @@ impl ProcessBackend {
                 cancel: cancel_rx,
                 key,
                 accepted,
+                // Pull mode refills right after the assignment below.
+                refill: Refill::none(),
             })
             .ok()?;
         pull.tokens.set_ttl(&id, pull.job_token_ttl());

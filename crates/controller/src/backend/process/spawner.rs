@@ -1,18 +1,24 @@
 //! Spawns every runtime process from one dedicated thread that lives as long as the controller.
 //!
-//! Why a thread: runtimes are started with `PR_SET_PDEATHSIG(SIGKILL)` so that they die with the
-//! controller even when it is `kill -9`ed (nothing else can clean up then). But the kernel sends
-//! that signal when the *thread* that forked the child exits, not when the process does
-//! (prctl(2): "the parent" is the creating thread). Tokio's worker and blocking threads come and
-//! go (blocking threads idle out after 10 s), so a child forked from one of them could be killed
-//! at a random moment. Forking from a thread that never exits makes the parent-death signal mean
-//! exactly "the controller process died".
+//! Why a thread: runtimes must die with the controller even when it is `kill -9`ed (nothing else
+//! can clean up then), so each one sets `PR_SET_PDEATHSIG(SIGKILL)` first thing (the runtime's
+//! `parent.rs`, told the controller's pid in `PARENT_PID`, exits at once if its parent is
+//! already someone else). But the kernel sends that signal when the *thread* that spawned the
+//! child exits, not when the process does (prctl(2): "the parent" is the creating thread).
+//! Tokio's worker and blocking threads come and go (blocking threads idle out after 10 s), so a
+//! child spawned from one of them could be killed at a random moment. Spawning from a thread
+//! that never exits makes the parent-death signal mean exactly "the controller process died".
+//!
+//! Why the runtime sets the signal itself: a `pre_exec` hook in the controller would make the
+//! standard library use `fork` + `exec` instead of `posix_spawn` (`vfork`-like); `fork` copies
+//! the controller's page tables, which costs more the more executions it holds (0.24 ms at
+//! 10 MiB, about 19 ms at 600 MiB on the benchmark machine). Without a hook the spawn costs the
+//! same at any size.
 //!
 //! Alternatives considered: a subreaper or a tiny supervisor process per child (one more process
-//! per execution, and still needs its own death detection); a pipe the runtime watches (needs
-//! runtime cooperation and misses a stalled runtime); cgroups (need privileges and are not
-//! available to a plain `cargo run`). The thread costs one parked OS thread and a channel hop
-//! per spawn (a few microseconds next to fork+exec).
+//! per execution, and still needs its own death detection); a pipe the runtime watches (misses a
+//! stalled runtime); cgroups (need privileges and are not available to a plain `cargo run`). The
+//! thread costs one parked OS thread and a channel hop per spawn (a few microseconds).
 //!
 //! The child is still a `tokio::process::Child`: the spawner enters the caller's runtime
 //! context before spawning, so tokio registers the child (pidfd or SIGCHLD) with that runtime
@@ -27,8 +33,6 @@ use std::sync::{Mutex, OnceLock, mpsc};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
-
-use super::sys;
 
 /// What to run. The environment is exactly `env`: nothing is inherited from the controller.
 #[derive(Debug)]
@@ -82,6 +86,13 @@ fn serve(req: Request) {
         cmd.args(&spec.args)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // The runtime ties itself to this process (and to this thread: see above).
+            .env("PARENT_PID", std::process::id().to_string())
+            // A runtime wakes up once per streamed token; glibc's restartable-sequences
+            // registration costs a user-memory update on every return from a preempted syscall
+            // (about 4% of a streaming runtime's CPU in docs/profile.md) and the runtime has no
+            // use for it. Ignored by other C libraries.
+            .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,7 +102,6 @@ fn serve(req: Request) {
             // Own process group: a Ctrl-C on the controller's terminal reaches the controller,
             // which shuts down gracefully, instead of cancelling every runtime at once.
             .process_group(0);
-        sys::die_with_parent(&mut cmd);
         cmd.spawn()
     }));
     let result = result.unwrap_or_else(|_| Err(io::Error::other("the spawner panicked")));

@@ -1,9 +1,7 @@
-//! The controller's only unsafe code: three thin wrappers over Linux system calls that have no
-//! safe std or tokio equivalent.
+//! The controller's only unsafe code: two thin wrappers over Linux system calls that have no
+//! safe std or tokio equivalent. (Runtimes set their own parent-death signal: see
+//! `spawner.rs`.)
 //!
-//! - [`die_with_parent`]: a `pre_exec` hook that sets `PR_SET_PDEATHSIG(SIGKILL)` in the forked
-//!   child, so runtimes die with the controller even on `kill -9` (nothing else can clean up
-//!   after a SIGKILLed controller).
 //! - [`send_sigterm`]: `kill(2)`, because tokio can only send SIGKILL and a cancelled runtime
 //!   must first get SIGTERM to close its upstream connection and emit its `cancelled` event.
 //! - [`raise_nofile_limit`]: `getrlimit(2)` / `setrlimit(2)`, because every execution holds
@@ -14,35 +12,6 @@
 #![allow(unsafe_code)]
 
 use std::io;
-
-/// Arranges for the command's child to receive SIGKILL when the thread that spawns it exits
-/// (and therefore when the controller process dies, however it dies).
-///
-/// The caller must spawn from a thread that lives as long as the process: the kernel delivers
-/// the parent-death signal when the *thread* that forked the child exits, not the process
-/// (prctl(2)). See `spawner.rs`.
-pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child between fork and exec, where only
-    // async-signal-safe operations are allowed. It calls prctl(2) and getppid(2), both
-    // async-signal-safe system calls, and builds `io::Error` values from raw errno codes, which
-    // neither allocates nor takes locks. It captures only a `u32` (Copy), touches no shared
-    // state, and returns without unwinding.
-    unsafe {
-        cmd.pre_exec(move || {
-            // SAFETY: see above; PR_SET_PDEATHSIG takes the signal number as its only argument.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // The controller may have died between fork and prctl; the signal would then never
-            // come, because the child was already re-parented. Refuse to exec in that case.
-            if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-}
 
 /// Sends SIGTERM to process `pid` (SIGKILL goes through tokio's `Child::start_kill`).
 ///
