@@ -111,7 +111,7 @@ pub(crate) async fn drive(
         return;
     }
     exec.mark_running();
-    shared.store.put(exec.record());
+    shared.recorded(&exec);
     let queue_wait = exec.created.elapsed();
     let secret = job.credentials.api_key.clone();
     let instance = match shared.backend.launch(job).await {
@@ -140,7 +140,7 @@ pub(crate) async fn drive(
     shared
         .metrics
         .launched(instance.warm, instance.claim_latency, queue_wait);
-    shared.store.put(exec.record());
+    shared.recorded(&exec);
     pump(&shared, &exec, instance, &secret).await;
     drop(permit);
 }
