@@ -322,9 +322,7 @@ impl Controller {
             }
             Err(e) => tracing::warn!(error = %e, "the live feed cannot read recent records"),
         }
-        records.sort_by(|a, b| {
-            (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id))
-        });
+        records.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
         records.truncate(limit);
         serde_json::json!({
             "pool": crate::feed::pool_view(&sh.backend.pool_status(), &sh.scheduler.load()),

@@ -237,8 +237,7 @@ impl Feed {
             }
             // Intervals with no sample at all (a stalled runtime) still get their bucket, up to
             // the timeline's length.
-            if next < start && start - next <= TIMELINE_BUCKETS as u64 * BUCKET.as_millis() as u64
-            {
+            if next < start && start - next <= TIMELINE_BUCKETS as u64 * BUCKET.as_millis() as u64 {
                 st.current = Some(Bucket::new(next, load.limit));
             }
         }

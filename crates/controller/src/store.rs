@@ -453,7 +453,13 @@ mod tests {
             r.created_at_ms = i as u64;
             s.put(r);
         }
-        let ids: Vec<String> = s.recent(2).await.unwrap().into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = s
+            .recent(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(ids, ["c", "b"]);
     }
 

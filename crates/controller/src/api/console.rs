@@ -8,10 +8,10 @@
 //! Content-Security-Policy (scripts and styles from this origin only, no inline code, no
 //! connection but to this origin, no framing), `nosniff` and no referrer.
 
+use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::controller::Controller;
 
@@ -32,8 +32,14 @@ pub(super) fn is_public(path: &str) -> bool {
 
 pub(super) fn router() -> Router<Controller> {
     Router::new()
-        .route("/console", get(|| async { file("text/html; charset=utf-8", INDEX) }))
-        .route("/console/", get(|| async { Redirect::permanent("/console") }))
+        .route(
+            "/console",
+            get(|| async { file("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/console/",
+            get(|| async { Redirect::permanent("/console") }),
+        )
         .route(
             "/console/console.js",
             get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }),
@@ -61,7 +67,10 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     // The files change with the binary; revalidate instead of serving a stale script.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
@@ -75,7 +84,10 @@ mod tests {
     fn has_inline_handler(html: &str) -> bool {
         html.match_indices(" on").any(|(i, _)| {
             let rest = &html[i + 3..];
-            let name = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_lowercase()).len();
+            let name = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_ascii_lowercase())
+                    .len();
             name > 0 && rest[name..].starts_with('=')
         })
     }
@@ -105,7 +117,10 @@ mod tests {
         assert!(!INDEX.contains("<style"), "inline style");
         assert!(!INDEX.contains(" style="), "style attribute");
         assert!(!has_inline_handler(INDEX), "inline event handler");
-        assert!(!SCRIPT.contains("innerHTML"), "the script builds nodes, never HTML text");
+        assert!(
+            !SCRIPT.contains("innerHTML"),
+            "the script builds nodes, never HTML text"
+        );
         assert!(!SCRIPT.contains("eval("));
     }
 }

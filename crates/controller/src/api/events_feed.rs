@@ -43,7 +43,9 @@ pub(super) async fn events(State(c): State<Controller>) -> Result<Response, AppE
     let rest = stream::unfold((c, rx), |(c, mut rx)| async move {
         let frame = match rx.recv().await {
             Ok(ev) => SseEvent::default().event(ev.kind).data(&*ev.data),
-            Err(RecvError::Lagged(_)) => snapshot_frame(&c.feed_snapshot(SNAPSHOT_EXECUTIONS).await),
+            Err(RecvError::Lagged(_)) => {
+                snapshot_frame(&c.feed_snapshot(SNAPSHOT_EXECUTIONS).await)
+            }
             Err(RecvError::Closed) => return None,
         };
         Some((frame, (c, rx)))
