@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: every check CI runs, in order, failing on the first error.
 #   formatting, clippy (warnings are errors), the workspace's tests, the fuzz target's build,
-#   and the SDK fidelity suite (official Python SDKs against the emulator).
+#   the SDK fidelity suite (official Python SDKs against the emulator), and the web console in
+#   headless Chromium (installed by scripts/setup-chromium.sh when missing).
 # Nothing here talks to a real provider: every server is the emulator on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +31,8 @@ cargo build --manifest-path fuzz/Cargo.toml --quiet
 
 step "SDK fidelity suite (tests/fidelity/run.sh)"
 tests/fidelity/run.sh
+
+step "web console in headless Chromium (tests/console/run.sh)"
+tests/console/run.sh
 
 printf '\n==> all checks passed\n'

@@ -88,8 +88,6 @@ def test_a_running_execution_appears_and_moves_to_succeeded(page, controller, em
     ex = json.loads(body)["id"]
     row = f"document.querySelector('tr[data-id={js(ex)}]')"
     page.wait(f"{row} && {row}.querySelector('.status').textContent === 'running'", timeout=15)
-    if (d := screenshot_dir()) is not None:
-        page.screenshot(d / "console-live.png")
     page.wait(f"{row}.querySelector('.status').textContent === 'succeeded'", timeout=30)
     cells = page.eval(f"[...{row}.cells].map(c => c.textContent)")
     assert cells[1:4] == ["live-view", "openai", "gpt-4o-mini-len30-rate15"]
@@ -156,9 +154,6 @@ def test_the_playground_streams_three_targets_side_by_side(page, emulator) -> No
     # All three stream at once: each has text before any has finished.
     page.wait(f"{cols}.length === 3 && {cols}.every(c => c.querySelector('.c-text').textContent.length > 0)")
     assert page.eval(f"{cols}.filter(c => c.dataset.status === 'succeeded').length") < 3
-    if (d := screenshot_dir()) is not None:
-        page.browser.pump(0.3)
-        page.screenshot(d / "console-playground.png")
     page.wait(f"{cols}.every(c => c.dataset.status === 'succeeded')", timeout=30)
     for i, provider in enumerate(("openai", "anthropic", "google")):
         text = page.eval(f"{cols}[{i}].querySelector('.c-text').textContent")
@@ -214,3 +209,59 @@ def test_new_and_unknown_event_types_render(page) -> None:  # type: ignore[no-un
     assert out["toolsShown"] and "get_weather" in out["tools"] and '"city":"Paris"' in out["tools"]
     assert out["refusalShown"] and out["refusal"] == "I cannot help with that."
     assert out["otherShown"] and out["other"].startswith("future_event: ")
+
+
+def test_zz_screenshots_for_the_docs(page, controller) -> None:  # type: ignore[no-untyped-def]
+    """With POLYDEV_CONSOLE_SCREENSHOTS=DIR, writes console-live.png and console-playground.png
+    after a minute of mixed traffic (the README shows them). Runs last: the name sorts last."""
+    d = screenshot_dir()
+    if d is None:
+        pytest.skip("POLYDEV_CONSOLE_SCREENSHOTS is not set: no screenshot wanted")
+    import random
+    import threading
+    import time
+
+    rng = random.Random(14)
+    models = {
+        "openai": ["gpt-4o-mini-len40-rate20", "gpt-5-mini-len80-rate40", "gpt-4o-mini-err429-retry0"],
+        "anthropic": ["claude-haiku-4-5-len60-rate30", "claude-sonnet-4-5-ttfb300-len30-rate20"],
+        "google": ["gemini-2.5-flash-len50-rate25", "gemini-2.5-flash-err503-retry0", "gemini-2.5-pro-ttfb150-len20"],
+    }
+    users = ["ada", "grace", "linus", "margaret", "ken"]
+    stop = time.monotonic() + 50
+
+    def traffic() -> None:
+        while time.monotonic() < stop:
+            provider = rng.choice(list(models))
+            job = {"user_id": rng.choice(users), "provider": provider,
+                   "model": rng.choice(models[provider]), "prompt": "hello",
+                   "credentials": {"api_key": f"sk-test-screenshot-{provider}"}}
+            status, _, body = http("POST", controller.url + "/v1/executions", json.dumps(job).encode())
+            if status == 202 and rng.random() < 0.1:
+                ex = json.loads(body)["id"]
+                time.sleep(0.5)
+                http("DELETE", f"{controller.url}/v1/executions/{ex}")
+            time.sleep(rng.uniform(0.05, 0.6))
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for w in workers:
+        w.start()
+    page.eval("location.hash = '#live'")
+    while time.monotonic() < stop - 3:
+        page.browser.pump(1.0)
+    rows = "[...document.querySelectorAll('#executions tbody tr')]"
+    page.eval(f"{rows}.find(r => r.querySelector('.status').textContent === 'succeeded').click()")
+    page.browser.pump(1.5)
+    page.screenshot(d / "console-live.png")
+    for w in workers:
+        w.join()
+
+    fill_targets(page, [("openai", "gpt-4o-mini-len60-rate12", "sk-test-screenshot-openai"),
+                        ("anthropic", "claude-sonnet-4-5-think12-len50-rate10", "sk-ant-test-screenshot"),
+                        ("google", "gemini-2.5-flash-len70-rate16", "sk-test-screenshot-google")])
+    page.eval("document.getElementById('pg-prompt').value = 'Why is the sky blue? Answer in two sentences.'")
+    page.eval("document.getElementById('pg-ask').click()")
+    page.browser.pump(3.5)
+    page.screenshot(d / "console-playground.png")
+    page.wait("[...document.querySelectorAll('#pg-columns .column')].every(c => c.dataset.status !== 'running')",
+              timeout=30)
