@@ -241,9 +241,9 @@ def test_zz_screenshots_for_the_docs(page, controller) -> None:  # type: ignore[
                 ex = json.loads(body)["id"]
                 time.sleep(0.5)
                 http("DELETE", f"{controller.url}/v1/executions/{ex}")
-            time.sleep(rng.uniform(0.05, 0.6))
+            time.sleep(rng.uniform(0.2, 1.0))
 
-    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    workers = [threading.Thread(target=traffic) for _ in range(2)]
     for w in workers:
         w.start()
     page.eval("location.hash = '#live'")

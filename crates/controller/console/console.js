@@ -219,7 +219,7 @@ function onFeedEvent(ev) {
     renderCharts();
   } else if (ev.event === "execution") {
     upsert(d);
-    renderExecutions();
+    scheduleRender();
   } else if (ev.event === "pool") {
     showPool(d);
   } else if (ev.event === "stats") {
@@ -227,6 +227,13 @@ function onFeedEvent(ev) {
     if (state.stats.length > 120) state.stats.shift();
     renderCharts();
   }
+}
+
+// A busy controller sends many events a second: redraw the table at most every 150 ms.
+let renderTimer = null;
+function scheduleRender() {
+  if (renderTimer !== null) return;
+  renderTimer = setTimeout(() => { renderTimer = null; renderExecutions(); }, 150);
 }
 
 function showPool(p) {
@@ -242,13 +249,11 @@ function showPool(p) {
 }
 
 function renderExecutions() {
-  const rows = [...state.executions.values()]
-    .sort((a, b) => b.created_at_ms - a.created_at_ms || (a.id < b.id ? 1 : -1))
-    .slice(0, MAX_ROWS);
-  while (state.executions.size > MAX_ROWS * 2) {
-    const oldest = [...state.executions.values()].sort((a, b) => a.created_at_ms - b.created_at_ms)[0];
-    state.executions.delete(oldest.id);
-  }
+  const all = [...state.executions.values()]
+    .sort((a, b) => b.created_at_ms - a.created_at_ms || (a.id < b.id ? 1 : -1));
+  // Keep what is shown (and the open one); forget the rest.
+  for (const x of all.slice(MAX_ROWS)) if (x.id !== state.detailId) state.executions.delete(x.id);
+  const rows = all.slice(0, MAX_ROWS);
   const body = $("executions").tBodies[0];
   const fresh = document.createDocumentFragment();
   for (const x of rows) {
