@@ -412,7 +412,7 @@ async function openDetail(id) {
 
 // === charts (inline SVG) ===
 
-const W = 360, H = 140, PAD_L = 36, PAD_B = 16, PAD_T = 8;
+const W = 360, H = 140, PAD_L = 48, PAD_B = 16, PAD_T = 8;
 
 function frame(node, max, unit) {
   node.replaceChildren();

@@ -9,10 +9,12 @@
 //! connection but to this origin, no framing), `nosniff` and no referrer.
 
 use axum::Router;
+use axum::extract::Path;
 use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use super::AppError;
 use crate::controller::Controller;
 
 const INDEX: &str = include_str!("../../console/index.html");
@@ -32,26 +34,22 @@ pub(super) fn is_public(path: &str) -> bool {
 
 pub(super) fn router() -> Router<Controller> {
     Router::new()
+        .route("/console", get(|| async { asset("") }))
         .route(
-            "/console",
-            get(|| async { file("text/html; charset=utf-8", INDEX) }),
+            "/console/{name}",
+            get(|Path(name): Path<String>| async move { asset(&name) }),
         )
-        .route(
-            "/console/",
-            get(|| async { Redirect::permanent("/console") }),
-        )
-        .route(
-            "/console/console.js",
-            get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/console/console.css",
-            get(|| async { file("text/css; charset=utf-8", STYLE) }),
-        )
-        .route(
-            "/console/icon.svg",
-            get(|| async { file("image/svg+xml", ICON) }),
-        )
+}
+
+/// The console's file `name` (`""` is the page), or `404`.
+fn asset(name: &str) -> Response {
+    match name {
+        "" | "index.html" => file("text/html; charset=utf-8", INDEX),
+        "console.js" => file("text/javascript; charset=utf-8", SCRIPT),
+        "console.css" => file("text/css; charset=utf-8", STYLE),
+        "icon.svg" => file("image/svg+xml", ICON),
+        _ => AppError::NoRoute.into_response(),
+    }
 }
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
