@@ -51,9 +51,9 @@ const CANCEL_REPLY_WAIT: Duration = Duration::from_millis(2500);
 /// Execution ids are short; anything longer is not one (and is not looked up).
 const MAX_ID_LEN: usize = 64;
 
-/// The router. Every route but `/healthz` and the console's files requires the bearer token when one is configured;
-/// the runtime API of a pull-mode backend is merged in after that check, since runtimes
-/// authenticate as instances instead ([`runtime`]).
+/// The router. Every route but `/healthz` and the console's files (which hold no secret)
+/// requires the bearer token when one is configured; the runtime API of a pull-mode backend is
+/// merged in after that check, since runtimes authenticate as instances instead ([`runtime`]).
 pub fn app(controller: Controller) -> Router {
     let body_limit = controller.config().max_body_bytes;
     let runtime_api = controller.backend().runtime_api();
