@@ -9,11 +9,12 @@ import pytest
 from cdp import Page, screenshot_dir
 from conftest import TOKEN, http, wait_until
 
-ANSWER_LEN = {"openai": 15, "anthropic": 17, "google": 19}
+# Two seconds and more each, so that all three are seen streaming at once even on a busy machine.
+ANSWER_LEN = {"openai": 40, "anthropic": 45, "google": 50}
 MODELS = {
-    "openai": "gpt-4o-mini-len15-rate25",
-    "anthropic": "claude-haiku-4-5-len17-rate25",
-    "google": "gemini-2.5-flash-len19-rate25",
+    "openai": "gpt-4o-mini-len40-rate20",
+    "anthropic": "claude-haiku-4-5-len45-rate20",
+    "google": "gemini-2.5-flash-len50-rate20",
 }
 
 
@@ -81,7 +82,7 @@ def test_wrong_token_shows_a_clear_message(browser, controller) -> None:  # type
 
 
 def test_a_running_execution_appears_and_moves_to_succeeded(page, controller, emulator) -> None:  # type: ignore[no-untyped-def]
-    job = {"user_id": "live-view", "provider": "openai", "model": "gpt-4o-mini-len30-rate15",
+    job = {"user_id": "live-view", "provider": "openai", "model": "gpt-4o-mini-len90-rate15",
            "prompt": "hello", "credentials": {"api_key": "sk-test-console-live"}}
     status, _, body = http("POST", controller.url + "/v1/executions", json.dumps(job).encode())
     assert status == 202, body
@@ -90,11 +91,11 @@ def test_a_running_execution_appears_and_moves_to_succeeded(page, controller, em
     page.wait(f"{row} && {row}.querySelector('.status').textContent === 'running'", timeout=15)
     page.wait(f"{row}.querySelector('.status').textContent === 'succeeded'", timeout=30)
     cells = page.eval(f"[...{row}.cells].map(c => c.textContent)")
-    assert cells[1:4] == ["live-view", "openai", "gpt-4o-mini-len30-rate15"]
+    assert cells[1:4] == ["live-view", "openai", "gpt-4o-mini-len90-rate15"]
     assert cells[7] != "–"  # tokens
     # Clicking it opens its own stream: the whole answer, once.
     page.eval(f"{row}.click()")
-    want = emulator_answer(emulator, 30)
+    want = emulator_answer(emulator, 90)
     page.wait(f"document.querySelector('#detail-body .answer').textContent === {js(want)}")
     assert "finished: stop" in page.eval("document.querySelector('#detail-body .outcome').textContent")
     assert page.console_errors() == []
