@@ -10,11 +10,23 @@
 #   POLYDEV_LISTEN (default 127.0.0.1:8080), POLYDEV_DB (default ./polydev.db) and every other
 #   POLYDEV_* setting of `polydev-controller --help` are honoured.
 #   START_DEMO_ONLY=1 stops after the demo request (for scripted checks).
+#
+# Without POLYDEV_API_TOKEN (or POLYDEV_API_TOKEN_FILE) a random API token is made for this run
+# and printed, with the web console's URL (GET /console) where you enter it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 listen=${POLYDEV_LISTEN:-127.0.0.1:8080}
 export POLYDEV_LISTEN=$listen
+if [ -z "${POLYDEV_API_TOKEN:-}" ] && [ -z "${POLYDEV_API_TOKEN_FILE:-}" ]; then
+  POLYDEV_API_TOKEN=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+  export POLYDEV_API_TOKEN
+  token_note="made for this run"
+else
+  token_note="from your environment"
+fi
+token=${POLYDEV_API_TOKEN:-$(cat "${POLYDEV_API_TOKEN_FILE:-/dev/null}" 2>/dev/null || true)}
+token=${token%$'\n'}
 
 echo "==> building polydev-controller, polydev-runtime, polydev-emulator (release; the first build takes a few minutes)"
 build_start=$(date +%s)
@@ -64,11 +76,18 @@ echo "==> polydev-controller serving at $ctl (process backend, SQLite at ${POLYD
 
 body="{\"user_id\":\"demo\",\"provider\":\"$provider\",${model_json}\"prompt\":\"Write a hello world function\",\"credentials\":{\"api_key\":\"$key\"}}"
 echo "==> streaming one answer through the controller:"
-echo "    curl -N $ctl/v1/executions -H 'Accept: text/event-stream' -H 'Content-Type: application/json' \\"
+echo "    curl -N $ctl/v1/executions -H \"Authorization: Bearer \$POLYDEV_API_TOKEN\" -H 'Accept: text/event-stream' -H 'Content-Type: application/json' \\"
 echo "         -d '{\"user_id\":\"demo\",\"provider\":\"$provider\",${model_json}\"prompt\":\"Write a hello world function\",\"credentials\":{\"api_key\":\"…\"}}'"
 echo
-curl -sN "$ctl/v1/executions" -H 'Accept: text/event-stream' -H 'Content-Type: application/json' -d "$body"
+curl -sN "$ctl/v1/executions" -H "Authorization: Bearer $token" -H 'Accept: text/event-stream' -H 'Content-Type: application/json' -d "$body"
 echo
+echo "==> web console: $ctl/console"
+if [ "$token_note" = "made for this run" ]; then
+  echo "    API token (made for this run): $token"
+else
+  echo "    API token: the one in POLYDEV_API_TOKEN / POLYDEV_API_TOKEN_FILE (not shown)"
+fi
+echo "    (the live view lists the execution above; Perspectives asks several models at once)"
 if [ "${START_DEMO_ONLY:-}" = 1 ]; then exit 0; fi
 echo "==> the controller keeps running at $ctl; Ctrl-C stops it (and the emulator)."
 wait "${pids[-1]}"

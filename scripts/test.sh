@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: every check CI runs, in order, failing on the first error.
 #   formatting, clippy (warnings are errors), the workspace's tests, the fuzz target's build,
-#   the SDK fidelity suite (official Python SDKs against the emulator), and the front-door suite
-#   (the official openai/anthropic SDKs against the controller in front of the emulator).
+#   the SDK fidelity suite (official Python SDKs against the emulator), the front-door suite
+#   (the official openai/anthropic SDKs against the controller in front of the emulator), and
+#   the web console in headless Chromium (installed by scripts/setup-chromium.sh when missing).
 # Nothing here talks to a real provider: every server is the emulator on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,8 @@ tests/fidelity/run.sh
 
 step "front-door suite (tests/frontdoors/run.sh)"
 tests/frontdoors/run.sh
+
+step "web console in headless Chromium (tests/console/run.sh)"
+tests/console/run.sh
 
 printf '\n==> all checks passed\n'

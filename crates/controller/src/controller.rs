@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{Backend, BackendError, PoolStatus};
 use crate::config::ControllerConfig;
 use crate::execution::{Appended, CancelReason, Execution, unix_ms};
+use crate::feed::Feed;
 use crate::metrics::{Gauges, Metrics, RejectReason};
 use crate::policy;
 use crate::scheduler::{Rejection, Scheduler};
@@ -74,6 +75,7 @@ pub(crate) struct Shared {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) store: Store,
     pub(crate) metrics: Metrics,
+    pub(crate) feed: Feed,
     registry: Mutex<Registry>,
     tracker: TaskTracker,
     stop_background: CancellationToken,
@@ -122,6 +124,7 @@ impl Controller {
             scheduler,
             store,
             metrics: Metrics::default(),
+            feed: Feed::new(),
             registry: Mutex::new(Registry::default()),
             tracker: TaskTracker::new(),
             stop_background: CancellationToken::new(),
@@ -130,6 +133,7 @@ impl Controller {
             backend_down_until: Mutex::new(None),
         });
         spawn_reaper(&shared);
+        spawn_sampler(&shared);
         Controller { shared }
     }
 
@@ -200,7 +204,7 @@ impl Controller {
             ));
             exec.append(&exec.start_event());
             lock(&sh.registry).map.insert(id.clone(), Arc::clone(&exec));
-            sh.store.put(exec.record());
+            sh.recorded(&exec);
             // Client-supplied strings are logged escaped (`?`), whatever validation let
             // through: a log line is never something a client can forge.
             tracing::info!(
@@ -287,6 +291,43 @@ impl Controller {
             streams: sh.streams.load(Ordering::Relaxed),
             retained: self.retained(),
             backend: sh.backend.name(),
+        })
+    }
+
+    /// The live feed (`GET /v1/events`).
+    pub fn feed(&self) -> &Feed {
+        &self.shared.feed
+    }
+
+    /// Resolves once the controller has stopped its background work (end of shutdown): the
+    /// live feed's streams end then.
+    pub async fn stopped(&self) {
+        self.shared.stop_background.cancelled().await;
+    }
+
+    /// The live feed's starting point: pool and load, the `limit` most recent executions
+    /// (those in memory, then the store's), and the statistics timeline.
+    pub async fn feed_snapshot(&self, limit: usize) -> serde_json::Value {
+        let sh = &self.shared;
+        let mut records: Vec<Record> = lock(&sh.registry)
+            .map
+            .values()
+            .map(|e| e.record())
+            .collect();
+        match sh.store.recent(limit).await {
+            Ok(stored) => {
+                let live: std::collections::HashSet<String> =
+                    records.iter().map(|r| r.id.clone()).collect();
+                records.extend(stored.into_iter().filter(|r| !live.contains(&r.id)));
+            }
+            Err(e) => tracing::warn!(error = %e, "the live feed cannot read recent records"),
+        }
+        records.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+        records.truncate(limit);
+        serde_json::json!({
+            "pool": crate::feed::pool_view(&sh.backend.pool_status(), &sh.scheduler.load()),
+            "executions": records.iter().map(crate::feed::summary).collect::<Vec<_>>(),
+            "stats": sh.feed.stats(),
         })
     }
 
@@ -399,14 +440,28 @@ impl Shared {
         }
     }
 
+    /// Writes the execution's record to the store and tells the live feed: after every change
+    /// of status (admitted, running, launched, ended).
+    pub(crate) fn recorded(&self, exec: &Execution) {
+        let record = exec.record();
+        self.feed.execution(&record);
+        self.store.put(record);
+    }
+
     /// Bookkeeping once an execution has logged its terminal event.
     pub(crate) fn ended(&self, exec: &Arc<Execution>) {
-        self.store.put(exec.record());
+        self.recorded(exec);
         let outcome = exec.outcome().unwrap_or("internal");
         let ttft = exec.ttft();
         let duration = exec.duration();
         self.metrics
             .ended(exec.provider.as_str(), outcome, ttft, duration);
+        self.feed.ended(
+            outcome,
+            ttft,
+            unix_ms(SystemTime::now()),
+            self.scheduler.load().limit,
+        );
         tracing::info!(
             execution_id = %exec.id,
             outcome,
@@ -473,6 +528,28 @@ fn spawn_reaper(shared: &Arc<Shared>) {
             {
                 evict_oldest(&mut r);
             }
+        }
+    });
+}
+
+/// Samples the pool and the load for the live feed ([`crate::feed`]), periodically.
+fn spawn_sampler(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let stop = shared.stop_background.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::feed::SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            shared.feed.sample(
+                shared.backend.pool_status(),
+                shared.scheduler.load(),
+                unix_ms(SystemTime::now()),
+            );
         }
     });
 }

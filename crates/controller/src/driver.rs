@@ -141,7 +141,7 @@ pub(crate) async fn drive(
     shared
         .metrics
         .launched(instance.warm, instance.claim_latency, queue_wait);
-    shared.store.put(exec.record());
+    shared.recorded(&exec);
     pump(&shared, &exec, instance, &secret).await;
     drop(permit);
 }

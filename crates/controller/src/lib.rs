@@ -9,7 +9,8 @@
 //!   registry, records them ([`store`], [`metrics`]) and runs the phased shutdown;
 //! - `driver` takes each admitted execution through a [`backend::Backend`] to exactly one
 //!   terminal event;
-//! - [`execution`] is one execution's numbered event log, the single source for every stream.
+//! - [`execution`] is one execution's numbered event log, the single source for every stream;
+//! - [`feed`] is the controller-wide live feed (`GET /v1/events`) the web console watches.
 //!
 //! [`run`] (or [`run_tls`], for HTTPS) serves an [`api::app`] on a listener until a shutdown
 //! future resolves; `main` only wires real resources (listener, TLS files, SQLite file,
@@ -23,6 +24,7 @@ pub mod config;
 pub mod controller;
 mod driver;
 pub mod execution;
+pub mod feed;
 pub mod metrics;
 pub mod policy;
 pub mod scheduler;

@@ -14,7 +14,7 @@ use crate::backend::PoolStatus;
 use crate::scheduler::Load;
 
 /// Seconds; from sub-millisecond (warm claims) to minutes (long answers).
-const LATENCY_BUCKETS: [f64; 16] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];

@@ -67,6 +67,7 @@ pub struct Record {
 enum Command {
     Upsert(Box<Record>),
     Get(String, oneshot::Sender<Result<Option<Record>, StoreError>>),
+    Recent(usize, oneshot::Sender<Result<Vec<Record>, StoreError>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -81,6 +82,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Upsert(r) => write!(f, "Upsert({})", r.id),
             Command::Get(id, _) => write!(f, "Get({id})"),
+            Command::Recent(n, _) => write!(f, "Recent({n})"),
             Command::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -108,6 +110,7 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS executions_user_created ON executions (user_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
+CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at_ms);
 CREATE TABLE IF NOT EXISTS controller_heartbeat (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     alive_at_ms INTEGER NOT NULL
@@ -189,6 +192,15 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Get(id.to_owned(), tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The `limit` most recently created records, newest first (the console's history).
+    pub async fn recent(&self, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Recent(limit, tx))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -283,6 +295,9 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
                 Command::Get(id, reply) => {
                     let _ = reply.send(read(&conn, &id).map_err(StoreError::from));
                 }
+                Command::Recent(limit, reply) => {
+                    let _ = reply.send(recent(&conn, limit).map_err(StoreError::from));
+                }
                 Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
@@ -341,43 +356,53 @@ fn write_batch(conn: &mut Connection, records: &[Box<Record>]) -> rusqlite::Resu
     tx.commit()
 }
 
+const COLUMNS: &str = "id, user_id, provider, model, status, created_at_ms, started_at_ms, \
+    ended_at_ms, ttft_ms, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, \
+    cache_write_tokens, finish_reason, error_kind, warm";
+
 fn read(conn: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, user_id, provider, model, status, created_at_ms, started_at_ms, ended_at_ms, \
-         ttft_ms, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, \
-         cache_write_tokens, finish_reason, error_kind, warm FROM executions WHERE id = ?1",
-    )?;
-    stmt.query_row(params![id], |row| {
-        let u = |i: usize| -> rusqlite::Result<Option<u64>> {
-            Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
-        };
-        let usage = match (u(9)?, u(10)?) {
-            (Some(input_tokens), Some(output_tokens)) => Some(Usage {
-                input_tokens,
-                output_tokens,
-                reasoning_tokens: u(11)?,
-                cache_read_tokens: u(12)?,
-                cache_write_tokens: u(13)?,
-            }),
-            _ => None,
-        };
-        Ok(Record {
-            id: row.get(0)?,
-            user_id: row.get(1)?,
-            provider: row.get(2)?,
-            model: row.get(3)?,
-            status: row.get(4)?,
-            created_at_ms: u(5)?.unwrap_or(0),
-            started_at_ms: u(6)?,
-            ended_at_ms: u(7)?,
-            ttft_ms: u(8)?,
-            usage,
-            finish_reason: row.get(14)?,
-            error_kind: row.get(15)?,
-            warm: row.get(16)?,
-        })
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))?;
+    stmt.query_row(params![id], row_record).optional()
+}
+
+fn recent(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Record>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM executions ORDER BY created_at_ms DESC, id DESC LIMIT ?1"
+    ))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    stmt.query_map(params![limit], row_record)?.collect()
+}
+
+fn row_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let u = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+    };
+    let usage = match (u(9)?, u(10)?) {
+        (Some(input_tokens), Some(output_tokens)) => Some(Usage {
+            input_tokens,
+            output_tokens,
+            reasoning_tokens: u(11)?,
+            cache_read_tokens: u(12)?,
+            cache_write_tokens: u(13)?,
+        }),
+        _ => None,
+    };
+    Ok(Record {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        provider: row.get(2)?,
+        model: row.get(3)?,
+        status: row.get(4)?,
+        created_at_ms: u(5)?.unwrap_or(0),
+        started_at_ms: u(6)?,
+        ended_at_ms: u(7)?,
+        ttft_ms: u(8)?,
+        usage,
+        finish_reason: row.get(14)?,
+        error_kind: row.get(15)?,
+        warm: row.get(16)?,
     })
-    .optional()
 }
 
 #[cfg(test)]
@@ -418,6 +443,24 @@ mod tests {
         s.put(done.clone());
         assert_eq!(s.get("a").await.unwrap(), Some(done));
         assert_eq!(s.get("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn recent_is_newest_first_and_limited() {
+        let s = Store::in_memory().unwrap();
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            let mut r = record(id, "succeeded");
+            r.created_at_ms = i as u64;
+            s.put(r);
+        }
+        let ids: Vec<String> = s
+            .recent(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["c", "b"]);
     }
 
     #[tokio::test]

@@ -12,13 +12,18 @@
 //! | `GET`/`PUT /v1/pool` | warm pool status / target size |
 //! | `GET /healthz` | liveness (no token) |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/events` | SSE: the controller-wide live feed ([`crate::feed`]) |
+//! | `GET /v1/stats` | the live feed's statistics timeline (JSON) |
+//! | `GET /console` | the web console (no token: the page holds none) |
 //! | `/runtime/v1/…` | pull-mode runtimes only, per-instance credentials ([`runtime`]) |
 //! | `POST /v1/chat/completions`, `GET /v1/models[/{id}]` | OpenAI's door ([`openai_compat`]) |
 //! | `POST /v1/messages` | Anthropic's door ([`anthropic_compat`]) |
 
 mod anthropic_compat;
+mod console;
 pub mod doors;
 mod error;
+mod events_feed;
 mod openai_compat;
 pub mod runtime;
 mod sse;
@@ -54,9 +59,9 @@ const CANCEL_REPLY_WAIT: Duration = Duration::from_millis(2500);
 /// Execution ids are short; anything longer is not one (and is not looked up).
 const MAX_ID_LEN: usize = 64;
 
-/// The router. Every route but `/healthz` requires the bearer token when one is configured;
-/// the runtime API of a pull-mode backend is merged in after that check, since runtimes
-/// authenticate as instances instead ([`runtime`]).
+/// The router. Every route but `/healthz` and the console's files (which hold no secret)
+/// requires the bearer token when one is configured; the runtime API of a pull-mode backend is
+/// merged in after that check, since runtimes authenticate as instances instead ([`runtime`]).
 pub fn app(controller: Controller) -> Router {
     let body_limit = controller.config().max_body_bytes;
     let runtime_api = controller.backend().runtime_api();
@@ -71,7 +76,10 @@ pub fn app(controller: Controller) -> Router {
         .route("/v1/executions/{id}/events", get(execution_events))
         .route("/v1/perspectives", post(perspectives))
         .route("/v1/pool", get(get_pool).put(put_pool))
+        .route("/v1/events", get(events_feed::events))
+        .route("/v1/stats", get(events_feed::stats))
         .merge(doors::router())
+        .merge(console::router())
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .route_layer(middleware::from_fn_with_state(
@@ -93,7 +101,7 @@ pub fn app(controller: Controller) -> Router {
 /// only), a loopback `Host`, so that a web page the operator visits cannot reach the API
 /// through DNS rebinding.
 async fn auth(State(c): State<Controller>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
+    if req.uri().path() == "/healthz" || console::is_public(req.uri().path()) {
         return next.run(req).await;
     }
     if c.config().api_token.is_none()
