@@ -361,3 +361,69 @@ async fn gemini_function_calls_signatures_and_checks() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("Base64 decoding failed"), "{}", r.text());
 }
+
+/// A model without structured outputs (`claude-3…`) refuses `output_config.format` with the
+/// API's 400; a forced `tool_choice` is always answered by one `tool_use` of that tool whose
+/// input satisfies its schema (how a JSON answer is requested from such a model), and is
+/// refused with thinking on or for an undeclared tool.
+#[tokio::test]
+async fn anthropic_forced_tool_and_legacy_structured_outputs() {
+    let emu = start().await;
+    let schema = json!({"type":"object","properties":{"city":{"type":"string"},
+        "temp_c":{"type":"number"}},"required":["city","temp_c"]});
+    let mut body = anthropic_body("claude-3-5-haiku-20241022-argsplit4", true);
+    body["output_config"] = json!({"format":{"type":"json_schema","schema":schema}});
+    let r = anthropic(emu.local_addr(), &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let err: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("output_config.format"),
+        "{err}"
+    );
+    assert!(err["request_id"].as_str().unwrap().starts_with("req_"));
+
+    body.as_object_mut().unwrap().remove("output_config");
+    body["tools"] = json!([{"name":"weather","input_schema":schema}]);
+    body["tool_choice"] = json!({"type":"tool","name":"weather"});
+    let r = anthropic(emu.local_addr(), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = payloads(&r.text());
+    let start_ev = events
+        .iter()
+        .find(|e| e["content_block"]["type"] == "tool_use")
+        .unwrap();
+    assert_eq!(start_ev["content_block"]["name"], "weather");
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["delta"]["partial_json"].as_str())
+        .collect();
+    assert!(pieces.len() > 1, "argsplit4 streams the input in pieces");
+    let input: Value = serde_json::from_str(&pieces.concat()).unwrap();
+    assert_eq!(input, json!({"city": "emulated", "temp_c": 1.5}));
+    let stop = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+
+    body["thinking"] = json!({"type":"enabled","budget_tokens":1024});
+    body["max_tokens"] = json!(2048);
+    let r = anthropic(emu.local_addr(), &body).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("tool_choice forces tool use"),
+        "{}",
+        r.text()
+    );
+
+    body.as_object_mut().unwrap().remove("thinking");
+    body["tool_choice"] = json!({"type":"tool","name":"nope"});
+    let r = anthropic(emu.local_addr(), &body).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("Tool 'nope' not found"), "{}", r.text());
+}

@@ -8,7 +8,10 @@
 //! `tool_use` block's `input_json_delta` fragments are concatenated and emitted as one
 //! `tool_call` at its `content_block_stop` (not JSON then = `protocol` error; a block cut off by
 //! the end of the message is an error too, never dropped); `stop_reason: refusal` ends
-//! `content_filter` and its `stop_details.explanation` becomes a `refusal` event; citations are
+//! `content_filter` and its `stop_details.explanation` becomes a `refusal` event; the forced tool
+//! that carries a JSON answer on a model without structured outputs (see
+//! [`anthropic_answer_tool`](crate::request::anthropic_answer_tool)) streams its
+//! `input_json_delta`s as answer `text` and its `tool_use` stop as `stop`; citations are
 //! not text; `event: error` after the 200 is a failure (`overloaded_error` is the
 //! in-stream 529); `message_delta.usage` is cumulative and overlays `message_start.usage` field by
 //! field, never summed; `message_stop` is the terminator. `data:` lines may carry trailing
@@ -40,6 +43,8 @@ const MAX_OPEN_BLOCKS: usize = 256;
 
 #[derive(Debug, Default)]
 pub(crate) struct Translator {
+    /// The forced tool whose input is the answer text, if the request used one.
+    answer_tool: Option<String>,
     stop_reason: Option<String>,
     usage: RawUsage,
     /// Open `tool_use` / `thinking` blocks by content index.
@@ -57,6 +62,12 @@ enum Block {
     },
     Thinking {
         signature: String,
+    },
+    /// The answer tool's block: its input fragments went out as text as they came.
+    Answer {
+        /// The `input` of `content_block_start`, the answer when no delta follows.
+        initial: String,
+        streamed: bool,
     },
 }
 
@@ -104,6 +115,14 @@ impl RawUsage {
 }
 
 impl Translator {
+    /// A translator for a request whose JSON answer comes as the input of tool `name`.
+    pub(crate) fn with_answer_tool(name: &str) -> Self {
+        Translator {
+            answer_tool: Some(name.to_owned()),
+            ..Translator::default()
+        }
+    }
+
     pub(crate) fn on_event(
         &mut self,
         ev: &SseEvent,
@@ -154,6 +173,22 @@ impl Translator {
                         self.open(index, Block::Thinking { signature })?;
                     }
                     Some("redacted_thinking") => sink.redacted(field("data").unwrap_or("")),
+                    Some("tool_use")
+                        if self.answer_tool.is_some()
+                            && field("name") == self.answer_tool.as_deref() =>
+                    {
+                        let initial = block
+                            .and_then(|b| b.get("input"))
+                            .filter(|i| i.is_object())
+                            .map_or_else(|| "{}".to_owned(), Value::to_string);
+                        self.open(
+                            index,
+                            Block::Answer {
+                                initial,
+                                streamed: false,
+                            },
+                        )?;
+                    }
                     Some("tool_use") => {
                         let initial = block
                             .and_then(|b| b.get("input"))
@@ -185,11 +220,19 @@ impl Translator {
                             append_bounded(signature, field("signature").unwrap_or(""))?;
                         }
                     }
-                    Some("input_json_delta") => {
-                        if let Some(Block::ToolUse { json, .. }) = self.block(index) {
+                    Some("input_json_delta") => match self.block(index) {
+                        Some(Block::ToolUse { json, .. }) => {
                             append_bounded(json, field("partial_json").unwrap_or(""))?;
                         }
-                    }
+                        Some(Block::Answer { streamed, .. }) => {
+                            let piece = field("partial_json").unwrap_or("");
+                            if !piece.is_empty() {
+                                *streamed = true;
+                                sink.text(piece);
+                            }
+                        }
+                        _ => {}
+                    },
                     // citations_delta, future types.
                     _ => {}
                 }
@@ -199,6 +242,11 @@ impl Translator {
                 if let Some(pos) = self.blocks.iter().position(|(i, _)| *i == index) {
                     match self.blocks.remove(pos).1 {
                         Block::Thinking { signature } => sink.signature(&signature),
+                        Block::Answer { initial, streamed } => {
+                            if !streamed {
+                                sink.text(&initial);
+                            }
+                        }
                         Block::ToolUse {
                             id,
                             name,
@@ -237,6 +285,18 @@ impl Translator {
                 }
             }
             "message_stop" => {
+                if self
+                    .blocks
+                    .iter()
+                    .any(|(_, b)| matches!(b, Block::Answer { .. }))
+                {
+                    return Err(StreamError::protocol(format!(
+                        "the Anthropic message ended (stop_reason {}) inside the JSON answer \
+                         (forced tool {}): the answer is incomplete",
+                        self.stop_reason.as_deref().unwrap_or("none"),
+                        self.answer_tool.as_deref().unwrap_or_default()
+                    )));
+                }
                 if let Some((_, Block::ToolUse { id, name, .. })) = self
                     .blocks
                     .iter()
@@ -306,7 +366,12 @@ impl Translator {
 
     fn finish(&self) -> Finish {
         let raw = self.stop_reason.as_deref();
-        Finish::new(raw.map_or(FinishReason::Other, map_stop_reason), raw)
+        let reason = match raw {
+            // The only tool was the answer: the model finished answering.
+            Some("tool_use") if self.answer_tool.is_some() => FinishReason::Stop,
+            _ => raw.map_or(FinishReason::Other, map_stop_reason),
+        };
+        Finish::new(reason, raw)
     }
 }
 

@@ -319,20 +319,22 @@ pub(crate) fn anthropic(
     if let Some(stop) = &job.stop {
         body.insert("stop_sequences".into(), json!(stop));
     }
-    match &job.response_format {
-        None | Some(ResponseFormat::Text) => {}
-        Some(ResponseFormat::JsonObject) => {
-            body.insert(
-                "output_config".into(),
-                json!({"format": {"type": "json_schema", "schema": {"type": "object"}}}),
-            );
-        }
-        Some(ResponseFormat::JsonSchema { schema, .. }) => {
-            body.insert(
-                "output_config".into(),
-                json!({"format": {"type": "json_schema", "schema": schema}}),
-            );
-        }
+    let json_schema = match &job.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(json!({"type": "object"})),
+        Some(ResponseFormat::JsonSchema { schema, .. }) => Some(schema.clone()),
+    };
+    if let Some(name) = crate::request::anthropic_answer_tool(job, model) {
+        // No structured outputs on this model: the answer is the input of one forced tool,
+        // which the stream translator turns back into text.
+        let schema = json_schema.unwrap_or_else(|| json!({"type": "object"}));
+        return anthropic_forced_answer(job, model, name, schema, body);
+    }
+    if let Some(schema) = json_schema {
+        body.insert(
+            "output_config".into(),
+            json!({"format": {"type": "json_schema", "schema": schema}}),
+        );
     }
     if let Some(tools) = job.tools.as_ref().filter(|t| !t.is_empty()) {
         let tools: Vec<Value> = tools
@@ -363,6 +365,59 @@ pub(crate) fn anthropic(
         };
         body.insert("tool_choice".into(), v);
     }
+    merge_options(job, &mut body);
+    Ok(Value::Object(body))
+}
+
+/// The rest of an Anthropic body whose JSON answer travels as the input of one forced tool
+/// `name` (a model without structured outputs). Anthropic forces at most one tool and refuses
+/// a forced tool with thinking on, so the job's own tools, a `tool_choice` and thinking are
+/// refused here, before any I/O.
+fn anthropic_forced_answer(
+    job: &Job,
+    model: &str,
+    name: &str,
+    schema: Value,
+    mut body: Map<String, Value>,
+) -> Result<Value, BuildError> {
+    let why = |what: &str| {
+        invalid(
+            "response_format",
+            format!(
+                "{model} has no structured outputs, so a JSON answer is requested as one forced \
+                 tool; that cannot be combined with {what} on this model (use a model with \
+                 structured outputs, e.g. claude-sonnet-4-5, or drop one of them)"
+            ),
+        )
+    };
+    if job.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(why("the job's own tools"));
+    }
+    if job.tool_choice.is_some() {
+        return Err(why("a tool_choice"));
+    }
+    if body
+        .get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        == Some("enabled")
+    {
+        return Err(why(
+            "thinking (Anthropic refuses a forced tool with thinking on)",
+        ));
+    }
+    let description = match &job.response_format {
+        Some(ResponseFormat::JsonSchema {
+            description: Some(d),
+            ..
+        }) => format!("Respond with your answer as this tool's input. {d}"),
+        _ => "Respond with your answer as this tool's input.".to_owned(),
+    };
+    body.insert(
+        "tools".into(),
+        json!([{"name": name, "description": description, "input_schema": schema}]),
+    );
+    body.insert("tool_choice".into(), json!({"type": "tool", "name": name}));
     merge_options(job, &mut body);
     Ok(Value::Object(body))
 }

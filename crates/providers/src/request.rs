@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, Uri};
-use polydev_protocol::{ApiKey, Job, Message, Provider, Role};
+use polydev_protocol::{ApiKey, Job, Message, Provider, ResponseFormat, Role};
 
 use crate::body::{self, Conversation};
 
@@ -110,6 +110,50 @@ pub fn build_request(job: &Job, model: &str, base_url: &str) -> Result<Request<B
     }
     Ok(req)
 }
+
+/// Whether an Anthropic model has structured outputs (`output_config.format`). Per Anthropic's
+/// structured-outputs page (platform.claude.com/docs/en/build-with-claude/structured-outputs)
+/// they start with Claude Sonnet 4.5, Opus 4.1 and Haiku 4.5; Claude 3.x, 2.x, Instant,
+/// Sonnet 4 and Opus 4 (`claude-sonnet-4-0` / `-4-2025…`, `claude-opus-4-0` / `-4-2025…`)
+/// answer that field with a 400. Any id not recognised as one of those old ones (a newer
+/// model, the emulator's `emu-…`) is taken to have them. A routing prefix such as
+/// `anthropic/` or Bedrock's `anthropic.` is tolerated.
+pub fn anthropic_structured_outputs(model: &str) -> bool {
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let m = m.strip_prefix("anthropic.").unwrap_or(&m);
+    const LEGACY: [&str; 7] = [
+        "claude-2",
+        "claude-3",
+        "claude-instant",
+        "claude-sonnet-4-0",
+        "claude-sonnet-4-2025",
+        "claude-opus-4-0",
+        "claude-opus-4-2025",
+    ];
+    !LEGACY.iter().any(|p| m.starts_with(p))
+}
+
+/// The forced tool that carries a JSON answer to an Anthropic model without structured outputs
+/// (the job's JSON `response_format` on such a model): its name is the schema's `name`, or
+/// [`ANTHROPIC_JSON_TOOL`] for `json_object`. `None` when the job needs no such tool.
+pub fn anthropic_answer_tool<'a>(job: &'a Job, model: &str) -> Option<&'a str> {
+    if job.provider != Provider::Anthropic || anthropic_structured_outputs(model) {
+        return None;
+    }
+    match &job.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(ANTHROPIC_JSON_TOOL),
+        Some(ResponseFormat::JsonSchema { name, .. }) => Some(name),
+    }
+}
+
+/// The forced tool's name for a `json_object` answer on an Anthropic model without structured
+/// outputs.
+pub const ANTHROPIC_JSON_TOOL: &str = "json_answer";
 
 /// Whether an OpenAI model rejects `max_tokens` and wants `max_completion_tokens`: the
 /// o-series (`o1`, `o3`, `o4-mini`, …) and GPT-5 onwards (`gpt-5*`, `gpt-6*`, …).

@@ -8,7 +8,7 @@
 //! silent success (DESIGN.md 4.3). It never panics on any input.
 
 use polydev_protocol::{
-    ApiKey, ErrorEvent, ErrorKind, Event, FinishReason, Provider, ToolCall, Usage,
+    ApiKey, ErrorEvent, ErrorKind, Event, FinishReason, Job, Provider, ToolCall, Usage,
 };
 use polydev_sse::{Decoder, Item, Limits, SseError};
 
@@ -338,6 +338,18 @@ impl StreamParser {
             has_output: false,
             state: State::Streaming,
         }
+    }
+
+    /// A parser for `job` sent to `model`: [`new`](Self::new), plus what the request asked
+    /// for that changes how the stream reads (an Anthropic JSON answer carried by a forced
+    /// tool comes out as text).
+    pub fn for_job(job: &Job, model: &str, limits: Limits) -> Self {
+        let mut parser = StreamParser::new(job.provider, limits);
+        if let Some(name) = crate::request::anthropic_answer_tool(job, model) {
+            parser.translator =
+                Translator::Anthropic(anthropic::Translator::with_answer_tool(name));
+        }
+        parser
     }
 
     /// The provider this parser translates.

@@ -208,7 +208,7 @@ impl<W: std::io::Write> Run<'_, W> {
         }
 
         let key = &plan.job.credentials.api_key;
-        let mut parser = StreamParser::new(plan.job.provider, plan.limits);
+        let mut parser = StreamParser::for_job(plan.job, &plan.model, plan.limits);
         let mut last_activity = Instant::now();
         // One timer for the whole stream, checked lazily: it is armed for the deadline as it
         // was, and when it fires, activity since then may have moved the deadline, so it is

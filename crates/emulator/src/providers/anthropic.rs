@@ -204,11 +204,28 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
             .and_then(Value::as_array)
             .is_some_and(|c| c.iter().any(|b| block_type(b) == Some("tool_result")))
     });
-    let json_answer = body
-        .get("output_config")
-        .and_then(|o| o.get("format"))
+    let format = body.get("output_config").and_then(|o| o.get("format"));
+    if format.is_some() && !has_structured_outputs(model) {
+        return invalid(
+            rid,
+            &format!(
+                "output_config.format: structured outputs are not supported by the model '{model}'"
+            ),
+        );
+    }
+    let json_answer = format
         .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
         .map(|f| extras::json_answer(f.get("schema")));
+    let forced = match forced_tool(&body) {
+        Ok(forced) => forced,
+        Err(message) => return invalid(rid, &message),
+    };
+    if forced.is_some() && thinking_type == Some("enabled") {
+        return invalid(
+            rid,
+            "Thinking may not be enabled when tool_choice forces tool use.",
+        );
+    }
     let mut texts = Vec::new();
     if let Some(system) = body.get("system") {
         content_texts(system, &mut texts);
@@ -231,9 +248,17 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
     if let Some(status) = scenario.policy {
         return error_response(status, rid, "invalid_request_error", CONTENT_FILTERED);
     }
-    let calls = extras::plan_calls(scenario.tools, &tool_names, ends_with_tool_result, |_| {
-        ids::anthropic_tool_use_id()
-    });
+    let calls = match forced {
+        // A forced tool is always called, once, with input satisfying its schema.
+        Some((name, schema)) => vec![extras::PlannedCall {
+            id: ids::anthropic_tool_use_id(),
+            name,
+            arguments: extras::json_answer(schema.as_ref()),
+        }],
+        None => extras::plan_calls(scenario.tools, &tool_names, ends_with_tool_result, |_| {
+            ids::anthropic_tool_use_id()
+        }),
+    };
     let mut plan = Plan::new(model, &scenario, input_tokens, Some(max_tokens))
         .with_calls(calls, scenario.argsplit);
     if let Some(json) = &json_answer {
@@ -260,6 +285,36 @@ pub(crate) async fn messages(inc: Incoming<'_>) -> Response<ResponseBody> {
     };
     set_header(&mut response, "request-id", rid);
     response
+}
+
+/// Whether the emulated model has structured outputs: every id but `claude-3…` ones, the
+/// oldest family the providers crate's table (`anthropic_structured_outputs`) lists without.
+fn has_structured_outputs(model: &str) -> bool {
+    !model.starts_with("claude-3")
+}
+
+/// The tool a `tool_choice: {"type":"tool","name":…}` forces, with its `input_schema`, or the
+/// API's 400 message when that tool is not declared.
+fn forced_tool(
+    body: &serde_json::Map<String, Value>,
+) -> Result<Option<(String, Option<Value>)>, String> {
+    let choice = body.get("tool_choice");
+    if choice.and_then(|c| c.get("type")).and_then(Value::as_str) != Some("tool") {
+        return Ok(None);
+    }
+    let Some(name) = choice.and_then(|c| c.get("name")).and_then(Value::as_str) else {
+        return Err("tool_choice.tool.name: Field required".to_owned());
+    };
+    let tool = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(name));
+    match tool {
+        Some(t) => Ok(Some((name.to_owned(), t.get("input_schema").cloned()))),
+        None => Err(format!("Tool '{name}' not found in provided tools")),
+    }
 }
 
 /// Anthropic's content-filter refusal: an `invalid_request_error` with this message, as an
