@@ -384,3 +384,86 @@ fn error_event_with_plain_text_data_is_still_an_error() {
     assert!(o.error().retryable);
     assert_eq!(o.error().message, "upstream connect error");
 }
+
+/// A job with a JSON `response_format` on a model without structured outputs.
+fn legacy_json_job() -> (polydev_protocol::Job, &'static str) {
+    let job = polydev_protocol::Job::from_json(
+        r#"{"provider":"anthropic","credentials":{"api_key":"sk-ant-test-0000"},"prompt":"p",
+            "response_format":{"type":"json_schema","name":"weather","schema":{"type":"object"}}}"#,
+    )
+    .unwrap();
+    (job, "claude-3-5-haiku-20241022")
+}
+
+/// The forced answer tool of a model without structured outputs: its input fragments are the
+/// answer text, streamed as they come and never a tool call, and `tool_use` ends as `stop`.
+#[test]
+fn forced_answer_tool_streams_as_text() {
+    let (job, model) = legacy_json_job();
+    let start = ev(
+        "content_block_start",
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"weather","input":{}}}"#,
+    );
+    let delta = |j: &str| {
+        ev(
+            "content_block_delta",
+            &serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":j}}).to_string(),
+        )
+    };
+    let stop = ev(
+        "content_block_stop",
+        r#"{"type":"content_block_stop","index":0}"#,
+    );
+    let tail = message_delta("tool_use", r#"{"output_tokens":9}"#)
+        + &ev("message_stop", r#"{"type":"message_stop"}"#);
+    let bytes = [
+        start.clone(),
+        delta(r#"{"city": "Pa"#),
+        delta(r#"ris", "t": 1}"#),
+        stop.clone(),
+        tail.clone(),
+    ]
+    .concat();
+    let o = run_parser(
+        polydev_providers::StreamParser::for_job(&job, model, Default::default()),
+        &[bytes.as_bytes()],
+    );
+    assert_eq!(o.text(), r#"{"city": "Paris", "t": 1}"#);
+    assert_eq!(
+        o.events
+            .iter()
+            .filter(|e| matches!(e, Event::Text { .. }))
+            .count(),
+        2,
+        "each fragment goes out when it arrives: {o:?}"
+    );
+    assert!(!o.events.iter().any(|e| matches!(e, Event::ToolCall(_))));
+    assert_eq!(o.finish().finish_reason, FinishReason::Stop);
+    assert_eq!(o.finish().raw_finish_reason.as_deref(), Some("tool_use"));
+
+    // No delta: the start event's input is the answer.
+    let whole = start.replace(r#""input":{}"#, r#""input":{"a":1}"#);
+    let bytes = [whole, stop.clone(), tail.clone()].concat();
+    let o = run_parser(
+        polydev_providers::StreamParser::for_job(&job, model, Default::default()),
+        &[bytes.as_bytes()],
+    );
+    assert_eq!(o.text(), r#"{"a":1}"#);
+
+    // Cut off inside the answer: an error, not a short answer.
+    let bytes = [start.clone(), delta(r#"{"city""#), tail.clone()].concat();
+    let o = run_parser(
+        polydev_providers::StreamParser::for_job(&job, model, Default::default()),
+        &[bytes.as_bytes()],
+    );
+    assert_eq!(o.error().kind, ErrorKind::Protocol, "{o:?}");
+
+    // The same stream for a model with structured outputs is an ordinary tool call.
+    let bytes = [start, delta(r#"{"a":1}"#), stop, tail].concat();
+    let o = run_parser(
+        polydev_providers::StreamParser::for_job(&job, "claude-sonnet-4-5", Default::default()),
+        &[bytes.as_bytes()],
+    );
+    assert_eq!(o.text(), "");
+    assert_eq!(o.finish().finish_reason, FinishReason::ToolCalls);
+}

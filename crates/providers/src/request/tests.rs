@@ -634,3 +634,99 @@ fn options_deep_merge_without_losing_runtime_fields() {
         json!([{"role": "user", "parts": [{"text": "p"}]}])
     );
 }
+
+#[test]
+fn anthropic_structured_outputs_by_model() {
+    for m in [
+        "claude-sonnet-4-5",
+        "claude-sonnet-4-5-20250929",
+        "claude-opus-4-1",
+        "claude-haiku-4-5",
+        "claude-opus-4-5",
+        "emu-len3",
+        "anthropic/claude-sonnet-4-5",
+    ] {
+        assert!(super::anthropic_structured_outputs(m), "{m}");
+    }
+    for m in [
+        "claude-3-5-haiku-20241022",
+        "claude-3-7-sonnet-latest",
+        "claude-3-opus-20240229",
+        "claude-2.1",
+        "claude-instant-1.2",
+        "claude-sonnet-4-0",
+        "claude-sonnet-4-20250514",
+        "claude-opus-4-0",
+        "claude-opus-4-20250514",
+        "anthropic.claude-3-5-sonnet-20241022-v2:0",
+        "openrouter/Claude-3-Haiku",
+    ] {
+        assert!(!super::anthropic_structured_outputs(m), "{m}");
+    }
+}
+
+/// On a model without structured outputs the JSON answer is one forced tool (the schema's
+/// name, or `json_answer` for `json_object`), and what cannot go with a forced tool is a
+/// `config` error naming the model.
+#[test]
+fn anthropic_json_on_a_model_without_structured_outputs() {
+    const LEGACY: &str = "claude-3-5-haiku-20241022";
+    let j = job(
+        "anthropic",
+        r#","prompt":"p","response_format":{"type":"json_schema","name":"weather","description":"The weather.","schema":{"type":"object","required":["city"]}}"#,
+    );
+    let b = body(&build_request(&j, LEGACY, "http://127.0.0.1:1").unwrap());
+    assert_eq!(b.get("output_config"), None);
+    assert_eq!(
+        b["tools"],
+        json!([{"name": "weather",
+            "description": "Respond with your answer as this tool's input. The weather.",
+            "input_schema": {"type": "object", "required": ["city"]}}])
+    );
+    assert_eq!(b["tool_choice"], json!({"type": "tool", "name": "weather"}));
+    // The same job on a model with structured outputs uses them.
+    let b = body(&build_request(&j, "claude-sonnet-4-5", "http://127.0.0.1:1").unwrap());
+    assert_eq!(b.get("tools"), None);
+    assert_eq!(b["output_config"]["format"]["type"], json!("json_schema"));
+
+    let j = job(
+        "anthropic",
+        r#","prompt":"p","response_format":{"type":"json_object"}"#,
+    );
+    let b = body(&build_request(&j, LEGACY, "http://127.0.0.1:1").unwrap());
+    assert_eq!(b["tools"][0]["name"], json!("json_answer"));
+    assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
+    assert_eq!(
+        b["tool_choice"],
+        json!({"type": "tool", "name": "json_answer"})
+    );
+
+    for (extra, want) in [
+        (r#","tools":[{"name":"f"}]"#, "the job's own tools"),
+        (
+            r#","tools":[{"name":"f"}],"tool_choice":"auto""#,
+            "the job's own tools",
+        ),
+        (r#","reasoning":{"budget_tokens":2048}"#, "thinking"),
+    ] {
+        let j = job(
+            "anthropic",
+            &format!(r#","prompt":"p","response_format":{{"type":"json_object"}}{extra}"#),
+        );
+        let err = build_request(&j, LEGACY, "http://127.0.0.1:1").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                BuildError::InvalidParameter {
+                    field: "response_format",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains(LEGACY) && msg.contains(want), "{msg}");
+        // Fine on a model with structured outputs.
+        assert!(build_request(&j, "claude-sonnet-4-5", "http://127.0.0.1:1").is_ok());
+    }
+}

@@ -40,7 +40,11 @@ impl Outcome {
 /// Feeds `chunks` in order (stopping at a terminator or an error, as the runtime does), then
 /// ends the body.
 pub fn run_chunks_with(p: Provider, limits: Limits, chunks: &[&[u8]]) -> Outcome {
-    let mut parser = StreamParser::new(p, limits);
+    run_parser(StreamParser::new(p, limits), chunks)
+}
+
+/// [`run_chunks_with`] on a parser built by the caller (e.g. [`StreamParser::for_job`]).
+pub fn run_parser(mut parser: StreamParser, chunks: &[&[u8]]) -> Outcome {
     let mut events = Vec::new();
     let mut end = None;
     for chunk in chunks {
