@@ -338,6 +338,96 @@ async fn json_schema_output() {
     }
 }
 
+/// Anthropic JSON output both ways: a model with structured outputs gets
+/// `output_config.format` and answers in text; a model without (`claude-3…`, which the
+/// emulator answers with a 400 for that field) gets one forced tool whose streamed input is the
+/// same JSON, coming out as `text` with `finish_reason: stop`, never a tool call. Tools or
+/// thinking with JSON output on such a model are a `config` error before any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_json_with_and_without_structured_outputs() {
+    let p = Provider::Anthropic;
+    let format = r#"{"type":"json_schema","name":"weather","strict":true,"schema":{"type":"object","properties":{"city":{"type":"string"},"temp_c":{"type":"number"}},"required":["city","temp_c"]}}"#;
+    let want = json!({"city": "emulated", "temp_c": 1.5});
+    for (model, forced) in [
+        ("claude-sonnet-4-5-emu-split3", false),
+        ("claude-3-5-haiku-20241022-emu-argsplit3", true),
+    ] {
+        let emu = start_emulator(EmulatorConfig::default()).await;
+        let out = RuntimeCommand::job(BIN, &emu, p, model)
+            .env("RESPONSE_FORMAT", format)
+            .run()
+            .await;
+        let ctx = format!("{model}: {out:#?}");
+        check_invariants(&ctx, &out);
+        let answer: Value = serde_json::from_str(&out.text()).unwrap_or_default();
+        assert_eq!(answer, want, "{ctx}");
+        assert!(tool_calls(&out).is_empty(), "{ctx}");
+        let texts = out
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Text { .. }))
+            .count();
+        assert!(texts > 1, "the answer streams in pieces: {ctx}");
+        let body = emu.requests()[0].body.clone();
+        if forced {
+            assert_eq!(body.get("output_config"), None, "{ctx}");
+            assert_eq!(body["tools"][0]["name"], "weather", "{ctx}");
+            assert_eq!(
+                body["tools"][0]["input_schema"]["required"],
+                json!(["city", "temp_c"]),
+                "{ctx}"
+            );
+            assert_eq!(
+                body["tool_choice"],
+                json!({"type": "tool", "name": "weather"}),
+                "{ctx}"
+            );
+            assert_eq!(
+                finish(&out),
+                (FinishReason::Stop, Some("tool_use".to_owned())),
+                "{ctx}"
+            );
+        } else {
+            assert_eq!(
+                body["output_config"]["format"]["schema"]["required"],
+                json!(["city", "temp_c"]),
+                "{ctx}"
+            );
+            assert_eq!(body.get("tools"), None, "{ctx}");
+            assert_eq!(
+                finish(&out),
+                (FinishReason::Stop, Some("end_turn".to_owned())),
+                "{ctx}"
+            );
+        }
+    }
+    // What cannot go with a forced tool, on such a model only: no request is made.
+    let emu = start_emulator(EmulatorConfig::default()).await;
+    for (var, value, want) in [
+        ("TOOLS", TOOLS, "the job's own tools"),
+        ("REASONING_EFFORT", "low", "thinking"),
+    ] {
+        let out = RuntimeCommand::job(BIN, &emu, p, "claude-3-5-haiku-20241022")
+            .env("RESPONSE_FORMAT", r#"{"type":"json_object"}"#)
+            .env(var, value)
+            .run()
+            .await;
+        expect_config(&format!("{var} + response_format"), &out, want);
+        let out = RuntimeCommand::job(BIN, &emu, p, "claude-sonnet-4-5-emu-len3")
+            .env("RESPONSE_FORMAT", r#"{"type":"json_object"}"#)
+            .env(var, value)
+            .run()
+            .await;
+        check_invariants(&format!("{var} on sonnet 4.5"), &out);
+        assert_eq!(out.code, Some(0), "{var}: {out:#?}");
+    }
+    assert_eq!(
+        emu.requests().len(),
+        2,
+        "only the two sonnet 4.5 runs reached it"
+    );
+}
+
 /// Every validation mistake of DESIGN.md 4.5 is one `config` error, exit 64, before any
 /// connection: the emulator sees no request at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
