@@ -111,13 +111,14 @@ pub fn build_request(job: &Job, model: &str, base_url: &str) -> Result<Request<B
     Ok(req)
 }
 
-/// Whether an Anthropic model has structured outputs (`output_config.format`). Per Anthropic's
-/// structured-outputs page (platform.claude.com/docs/en/build-with-claude/structured-outputs)
-/// they start with Claude Sonnet 4.5, Opus 4.1 and Haiku 4.5; Claude 3.x, 2.x, Instant,
-/// Sonnet 4 and Opus 4 (`claude-sonnet-4-0` / `-4-2025…`, `claude-opus-4-0` / `-4-2025…`)
-/// answer that field with a 400. Any id not recognised as one of those old ones (a newer
-/// model, the emulator's `emu-…`) is taken to have them. A routing prefix such as
-/// `anthropic/` or Bedrock's `anthropic.` is tolerated.
+/// Whether an Anthropic model has structured outputs (`output_config.format`). Anthropic's
+/// structured-outputs page (platform.claude.com/docs/en/build-with-claude/structured-outputs,
+/// read December 2026) lists them as generally available for Claude Haiku 4.5, Sonnet 4.5,
+/// Opus 4.5 and the 4.6 models; Claude 3.x, 2.x, Instant, Sonnet 4 and Opus 4 / 4.1
+/// (`claude-sonnet-4-0` / `-4-2025…`, `claude-opus-4-0` / `-4-1` / `-4-2025…`) are not on it
+/// and answer that field with a 400 (Opus 4.1 only had the old beta `output_format`). Any id not
+/// recognised as one of those old ones (a newer model, the emulator's `emu-…`) is taken to have
+/// them. A routing prefix such as `anthropic/` or Bedrock's `anthropic.` is tolerated.
 pub fn anthropic_structured_outputs(model: &str) -> bool {
     let m = model
         .rsplit('/')
@@ -125,13 +126,14 @@ pub fn anthropic_structured_outputs(model: &str) -> bool {
         .unwrap_or(model)
         .to_ascii_lowercase();
     let m = m.strip_prefix("anthropic.").unwrap_or(&m);
-    const LEGACY: [&str; 7] = [
+    const LEGACY: [&str; 8] = [
         "claude-2",
         "claude-3",
         "claude-instant",
         "claude-sonnet-4-0",
         "claude-sonnet-4-2025",
         "claude-opus-4-0",
+        "claude-opus-4-1",
         "claude-opus-4-2025",
     ];
     !LEGACY.iter().any(|p| m.starts_with(p))

@@ -640,8 +640,8 @@ fn anthropic_structured_outputs_by_model() {
     for m in [
         "claude-sonnet-4-5",
         "claude-sonnet-4-5-20250929",
-        "claude-opus-4-1",
         "claude-haiku-4-5",
+        "claude-opus-4-6",
         "claude-opus-4-5",
         "emu-len3",
         "anthropic/claude-sonnet-4-5",
@@ -657,6 +657,7 @@ fn anthropic_structured_outputs_by_model() {
         "claude-sonnet-4-0",
         "claude-sonnet-4-20250514",
         "claude-opus-4-0",
+        "claude-opus-4-1-20250805",
         "claude-opus-4-20250514",
         "anthropic.claude-3-5-sonnet-20241022-v2:0",
         "openrouter/Claude-3-Haiku",
