@@ -266,8 +266,15 @@ impl<S: WarmStarter> WarmPool<S> {
             }
             found
         };
+        // A dead instance taken out here is one its own death notice will no longer find in
+        // `idle` (the notice may still be on its way): replace it now, or the pool would stay
+        // short of its target for good.
+        let replace = !dead.is_empty();
         // Dropped outside the lock: dropping an instance may do a little work.
         drop(dead);
+        if replace {
+            Shared::refill(&self.shared);
+        }
         found
     }
 
