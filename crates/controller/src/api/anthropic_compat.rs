@@ -245,7 +245,7 @@ fn map_request(headers: &HeaderMap, body: &[u8]) -> Result<Mapped, DoorError> {
         tool_choice,
         reasoning,
         response_format,
-        ..doors::job(provider, doors::credentials(headers, req.credentials))
+        ..Job::new(provider, doors::credentials(headers, req.credentials))
     };
     Ok(Mapped {
         job,

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
 use polydev_protocol::{
-    ApiKey, Credentials, ErrorEvent, ErrorKind, Event, FinishReason, Job, Provider, ToolCall, Usage,
+    ApiKey, Credentials, ErrorEvent, ErrorKind, Event, FinishReason, Provider, ToolCall, Usage,
 };
 
 use super::{AppError, anthropic_compat, openai_compat};
@@ -602,30 +602,6 @@ impl Answer {
             .filter_map(f)
             .map(String::as_str)
             .collect()
-    }
-}
-
-/// A job for `provider` with every optional field unset.
-pub fn job(provider: Provider, credentials: Credentials) -> Job {
-    Job {
-        execution_id: None,
-        user_id: None,
-        provider,
-        model: None,
-        prompt: None,
-        messages: None,
-        system: None,
-        max_tokens: None,
-        temperature: None,
-        credentials,
-        base_url: None,
-        timeouts: Default::default(),
-        reasoning: None,
-        stop: None,
-        response_format: None,
-        tools: None,
-        tool_choice: None,
-        options: None,
     }
 }
 
