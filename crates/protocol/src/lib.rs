@@ -15,6 +15,7 @@ mod event;
 mod generation;
 mod job;
 mod message;
+pub mod report;
 
 pub use error::{EXIT_SUCCESS, ErrorKind};
 pub use event::{ErrorEvent, Event, FinishReason, Usage};
