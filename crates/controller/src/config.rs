@@ -433,6 +433,9 @@ pub struct ServeArgs {
     pub runtime_env: RuntimeEnvArgs,
 
     #[command(flatten)]
+    pub process: ProcessArgs,
+
+    #[command(flatten)]
     pub docker: DockerArgs,
 
     #[command(flatten)]
@@ -500,6 +503,39 @@ impl RuntimeEnvArgs {
             .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v)))
             .collect()
     }
+}
+
+/// The process backend's hardened mode (README "Hardened process mode"); ignored by the other
+/// backends.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProcessArgs {
+    /// Process backend: numeric uid:gid (not 0) every runtime switches to before reading its
+    /// job. Needs a controller running as root and POLYDEV_RUNTIME_MODE=stdin. Default: the
+    /// controller's own user.
+    #[arg(long, env = "POLYDEV_PROCESS_USER", value_parser = parse_process_user)]
+    pub process_user: Option<(u32, u32)>,
+    /// Process backend: address-space limit of each runtime in bytes (RLIMIT_AS, at least
+    /// 64 MiB).
+    #[arg(long, env = "POLYDEV_PROCESS_MAX_MEMORY")]
+    pub process_max_memory: Option<u64>,
+    /// Process backend: open-file limit of each runtime (RLIMIT_NOFILE, at least 16).
+    #[arg(long, env = "POLYDEV_PROCESS_MAX_OPEN_FILES")]
+    pub process_max_open_files: Option<u64>,
+}
+
+impl ProcessArgs {
+    /// The process backend's hardening settings.
+    pub fn hardening(&self) -> crate::backend::process::ProcessHardening {
+        crate::backend::process::ProcessHardening {
+            user: self.process_user,
+            max_memory: self.process_max_memory,
+            max_open_files: self.process_max_open_files,
+        }
+    }
+}
+
+fn parse_process_user(v: &str) -> Result<(u32, u32), String> {
+    crate::backend::process::ProcessHardening::parse_user(v)
 }
 
 /// Settings of the Docker backend (`POLYDEV_BACKEND=docker`); ignored by the others.

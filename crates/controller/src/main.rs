@@ -168,6 +168,7 @@ async fn build_backend(
             config.env = args.runtime_env.vars();
             config.pool_size = args.pool_size;
             config.pull = pull_options(args, addr)?;
+            config.hardening = args.process.hardening();
             let backend = ProcessBackend::new(config).map_err(|e| e.to_string())?;
             Ok(Arc::new(backend))
         }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use polydev_controller::backend::process::{
-    ProcessBackend, ProcessBackendConfig, find_runtime, raise_nofile_limit,
+    ProcessBackend, ProcessBackendConfig, ProcessHardening, find_runtime, raise_nofile_limit,
 };
 use polydev_controller::backend::{Backend, BackendError, ExitInfo, Instance, InstanceOutput};
 use polydev_protocol::{ErrorKind, Event, Job, Provider};
@@ -739,4 +739,110 @@ async fn warm_claims_take_well_under_a_millisecond() {
     // Well under a millisecond even in a debug build on a loaded machine.
     assert!(p50 < Duration::from_millis(1), "warm claim p50 {p50:?}");
     b.shutdown().await;
+}
+
+/// The hardened process mode (POLYDEV_PROCESS_USER and limits): each runtime switches to the
+/// configured uid:gid before reading its job, with no_new_privs, no core dumps and the
+/// configured limits, and still serves the job. Where the controller is not root, the backend
+/// refuses the user switch at start with a clear error instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardened_runtimes_run_as_another_user_with_limits() {
+    let emu = emulator().await;
+    let mut cfg = config(&emu, 1);
+    cfg.hardening = ProcessHardening {
+        user: Some((65534, 65534)),
+        max_memory: Some(1 << 30),
+        max_open_files: Some(64),
+    };
+    let b = match ProcessBackend::new(cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            // Only a root controller may switch users.
+            let uid = std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned());
+            assert_ne!(uid.as_deref(), Some("0"), "refused as root: {e}");
+            assert!(
+                e.to_string().contains("needs a controller running as root"),
+                "{e}"
+            );
+            return;
+        }
+    };
+    wait_idle(&b, 1).await;
+    let mut warm = launch(&b, job(Provider::Anthropic, LONG, "ex_hardened")).await;
+    assert!(warm.warm);
+    until_first_text(&mut warm).await;
+    let pids = b.child_pids();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| {
+                    l[name.len()..]
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534", "pid {pid}");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534", "pid {pid}");
+        assert_eq!(field("Groups:"), "", "pid {pid}");
+        assert_eq!(field("NoNewPrivs:"), "1", "pid {pid}");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let limit = |name: &str| {
+            limits
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| {
+                    l[name.len()..]
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(limit("Max core file size"), "0 0", "pid {pid}");
+        assert_eq!(limit("Max open files"), "64 64", "pid {pid}");
+        assert_eq!(
+            limit("Max address space"),
+            "1073741824 1073741824",
+            "pid {pid}"
+        );
+    }
+    let out = collect(warm).await;
+    assert!(matches!(out.terminal(), Event::End { .. }), "{out:#?}");
+    assert_eq!(out.exit.code, Some(0), "{:?}", out.exit);
+    b.shutdown().await;
+}
+
+/// A user switch cannot combine with pull mode, whose token files only the controller's user
+/// may read: refused at start, not at the first launch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardened_user_is_refused_with_bad_settings() {
+    assert!(ProcessHardening::parse_user("0:0").is_err());
+    assert!(ProcessHardening::parse_user("nobody").is_err());
+    assert_eq!(
+        ProcessHardening::parse_user("65534:65534"),
+        Ok((65534, 65534))
+    );
+    let emu = emulator().await;
+    let mut cfg = config(&emu, 0);
+    cfg.hardening.user = Some((65534, 65534));
+    cfg.pull = Some(polydev_controller::backend::process::PullOptions::new(
+        "http://127.0.0.1:9",
+    ));
+    match ProcessBackend::new(cfg) {
+        Ok(_) => panic!("pull mode with a user switch was accepted"),
+        Err(e) => assert!(e.to_string().contains("POLYDEV_PROCESS_USER"), "{e}"),
+    }
 }

@@ -7,6 +7,7 @@
 
 mod config;
 mod execute;
+mod harden;
 mod output;
 mod parent;
 mod pull;
@@ -86,6 +87,11 @@ SETTINGS (environment, every mode):
     RUNTIME_TOKEN_FILE       pull mode: file holding the token, re-read on every request
     PARENT_PID               die (SIGKILL) when the parent exits; exit at once if the
                              parent is already not this pid (set by the controller)
+    RUNTIME_USER             uid:gid (numeric, not 0) to switch to before reading any input
+                             (the controller's hardened process mode sets it)
+    RUNTIME_MAX_MEMORY       address-space limit in bytes (RLIMIT_AS, at least 64 MiB)
+    RUNTIME_MAX_OPEN_FILES   open-file limit (RLIMIT_NOFILE, at least 16)
+                             (always: no_new_privs and no core dumps, which would hold the key)
 
 OUTPUT (ndjson): start; text, reasoning (signature/redacted blocks with empty text),
     tool_call {id,name,arguments} and refusal events; usage; then exactly one end or error.
@@ -145,6 +151,11 @@ fn main() -> ExitCode {
         Command::Help => return print_info(HELP),
         Command::Version => return print_info(&format!("{}\n", version_text())),
         Command::Env | Command::JobLine(_) => {}
+    }
+    // Before any thread exists and before any input is read (harden.rs says why).
+    if let Err(e) = harden::Hardening::from_env(&ProcessEnv).and_then(|h| h.apply()) {
+        let mut out = Output::stdout(OutputMode::Ndjson);
+        return exit(fail_config(&mut out, &format!("hardening: {e}")));
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

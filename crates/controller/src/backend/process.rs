@@ -117,6 +117,72 @@ pub struct ProcessBackendConfig {
     /// Controller-pull mode (DESIGN.md 4.4): runtimes fetch their job from the controller's
     /// runtime API instead of reading it from stdin. `None`: stdin.
     pub pull: Option<PullOptions>,
+    /// The hardened process mode: another uid and resource limits for every runtime.
+    pub hardening: ProcessHardening,
+}
+
+/// The hardened process mode (README "Hardened process mode"): what each runtime applies to
+/// itself first thing, before it reads its job (the runtime's `harden.rs`). Without it,
+/// runtimes run as the controller's user, with its file access. Every runtime always sets
+/// `no_new_privs` and turns off core dumps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessHardening {
+    /// `(uid, gid)` runtimes switch to (`POLYDEV_PROCESS_USER`). Needs a controller running as
+    /// root, and stdin mode: the pull mode's token files belong to the controller's user.
+    pub user: Option<(u32, u32)>,
+    /// Address-space limit per runtime, bytes (`RLIMIT_AS`).
+    pub max_memory: Option<u64>,
+    /// Open files per runtime (`RLIMIT_NOFILE`).
+    pub max_open_files: Option<u64>,
+}
+
+impl ProcessHardening {
+    /// Parses `POLYDEV_PROCESS_USER`'s `uid:gid` (numeric, neither 0).
+    pub fn parse_user(v: &str) -> Result<(u32, u32), String> {
+        let parsed = v.trim().split_once(':').and_then(|(u, g)| {
+            let (u, g): (u32, u32) = (u.parse().ok()?, g.parse().ok()?);
+            (u != 0 && g != 0).then_some((u, g))
+        });
+        parsed.ok_or_else(|| format!("{v:?} is not numeric uid:gid with neither 0"))
+    }
+
+    /// Checks what the platform allows: switching users needs root, and pull mode's token
+    /// files (0600, the controller's user) would be unreadable after the switch.
+    fn check(&self, pull: bool) -> Result<(), BackendError> {
+        if self.user.is_none() {
+            return Ok(());
+        }
+        if !sys::is_root() {
+            return Err(BackendError::Unavailable(
+                "POLYDEV_PROCESS_USER needs a controller running as root (it starts each \
+                 runtime as root and the runtime switches to that user before reading input)"
+                    .into(),
+            ));
+        }
+        if pull {
+            return Err(BackendError::Unavailable(
+                "POLYDEV_PROCESS_USER works with POLYDEV_RUNTIME_MODE=stdin only (pull mode's \
+                 token files are readable by the controller's user alone)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The runtime's variables for these settings (`RUNTIME_USER`, `RUNTIME_MAX_*`).
+    fn runtime_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some((u, g)) = self.user {
+            env.push(("RUNTIME_USER".to_owned(), format!("{u}:{g}")));
+        }
+        if let Some(b) = self.max_memory {
+            env.push(("RUNTIME_MAX_MEMORY".to_owned(), b.to_string()));
+        }
+        if let Some(n) = self.max_open_files {
+            env.push(("RUNTIME_MAX_OPEN_FILES".to_owned(), n.to_string()));
+        }
+        env
+    }
 }
 
 impl ProcessBackendConfig {
@@ -134,6 +200,7 @@ impl ProcessBackendConfig {
             max_concurrent_starts: 4,
             start_backoff_max: Duration::from_secs(30),
             pull: None,
+            hardening: ProcessHardening::default(),
         }
     }
 }
@@ -232,13 +299,15 @@ impl ProcessBackend {
             )));
         }
         check_env(&config.env)?;
+        config.hardening.check(config.pull.is_some())?;
         let mut base_env: Vec<(String, String)> = config
             .env
             .iter()
-            .filter(|(k, _)| k != "OUTPUT" && k != "WARM_POOL")
+            .filter(|(k, _)| k != "OUTPUT" && k != "WARM_POOL" && !k.starts_with("RUNTIME_"))
             .cloned()
             .collect();
         base_env.push(("OUTPUT".into(), "ndjson".into()));
+        base_env.extend(config.hardening.runtime_env());
         let pool_config = PoolConfig {
             size: config.pool_size,
             max_concurrent_starts: config.max_concurrent_starts,

@@ -1,4 +1,4 @@
-//! The controller's only unsafe code: two thin wrappers over Linux system calls that have no
+//! The controller's only unsafe code: thin wrappers over Linux system calls that have no
 //! safe std or tokio equivalent. (Runtimes set their own parent-death signal: see
 //! `spawner.rs`.)
 //!
@@ -6,6 +6,7 @@
 //!   must first get SIGTERM to close its upstream connection and emit its `cancelled` event.
 //! - [`raise_nofile_limit`]: `getrlimit(2)` / `setrlimit(2)`, because every execution holds
 //!   three pipes plus sockets and the default soft limit (often 1024) caps concurrency.
+//! - [`is_root`]: `geteuid(2)`, to refuse the hardened process mode where it cannot work.
 //!
 //! The crate lints `unsafe_code = "deny"` (see crates/controller/Cargo.toml); this module alone
 //! opts out, and every `unsafe` block says why it is sound.
@@ -61,4 +62,11 @@ pub fn raise_nofile_limit(target: u64) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(want)
+}
+
+/// Whether this process runs with effective uid 0 (the hardened process mode switches runtimes
+/// to another user, which only root may do).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
