@@ -15,6 +15,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -55,6 +56,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// After SIGTERM/SIGINT, how long delivering the `cancelled` line may still take (the
 /// runtime must exit well inside an orchestrator's kill timeout).
 const SIGNAL_DELIVERY_GRACE: Duration = Duration::from_secs(2);
+/// A report whose connection takes no line for this long while lines wait is stuck (a
+/// controller host gone silent, no reset): it is dropped and resumed.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest handshake or refusal body we read.
 const MAX_ANSWER_BYTES: usize = 4096;
 /// Immediate re-handshakes after a `409` before the backoff applies (a controller that
@@ -313,6 +317,8 @@ impl io::Write for LogWriter {
 struct LogBody {
     log: Arc<ReportLog>,
     next: usize,
+    /// `next`, for the stall watchdog.
+    sent: Arc<AtomicUsize>,
     reader: u64,
     /// Fired when the body has ended (every line is handed to the connection).
     ended: Option<oneshot::Sender<()>>,
@@ -330,6 +336,7 @@ impl Body for LogBody {
         match this.log.poll_lines(this.next, this.reader, cx) {
             Poll::Ready(Some((bytes, next))) => {
                 this.next = next;
+                this.sent.store(next, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
             Poll::Ready(None) => {
@@ -431,7 +438,39 @@ impl Reporter {
         let mut auth_retried = false;
         let mut legacy_posted = false;
         loop {
-            let (contact, result) = self.attempt(log, &mut legacy_posted).await;
+            // Every attempt is bounded by what is left of the window (once failing) and by
+            // the signal grace, so neither a blackholed handshake nor a stuck report can
+            // hold the runtime past them.
+            let window_end = failing_since.map(|s| s + self.window);
+            let mut signal = self.signal.clone();
+            let give_up = async {
+                let window = async {
+                    match window_end {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let grace = async {
+                    if signal.wait_for(|c| *c).await.is_err() {
+                        // No signal handler: no signal will come.
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(SIGNAL_DELIVERY_GRACE).await;
+                };
+                tokio::select! {
+                    () = window => format!("CONTROLLER_RECONNECT_WINDOW={} ms", self.window.as_millis()),
+                    () = grace => "stopping on a signal".to_owned(),
+                }
+            };
+            let (contact, result) = tokio::select! {
+                r = self.attempt(log, &mut legacy_posted) => r,
+                setting = give_up => {
+                    let since = failing_since.map_or(0, |s| s.elapsed().as_millis());
+                    return ReportEnd::Unreachable(format!(
+                        "no contact with the controller for {since} ms ({setting})"
+                    ));
+                }
+            };
             if contact {
                 failing_since = None;
             }
@@ -600,9 +639,11 @@ impl Reporter {
     async fn post(&self, log: &Arc<ReportLog>, from: usize) -> Result<bool, Failure> {
         let token = self.token()?;
         let (ended_tx, ended_rx) = oneshot::channel();
+        let sent = Arc::new(AtomicUsize::new(from));
         let body = LogBody {
             log: Arc::clone(log),
             next: from,
+            sent: Arc::clone(&sent),
             reader: log.new_reader(),
             ended: Some(ended_tx),
         };
@@ -622,13 +663,33 @@ impl Reporter {
             }
             tokio::time::sleep(ACK_TIMEOUT).await;
         };
-        let sent = tokio::select! {
+        let stalled = async {
+            let mut seen = from;
+            let mut since = Instant::now();
+            loop {
+                tokio::time::sleep(STALL_TIMEOUT / 10).await;
+                let now = sent.load(Ordering::Relaxed);
+                if now != seen || now >= log.len() {
+                    seen = now;
+                    since = Instant::now();
+                } else if since.elapsed() >= STALL_TIMEOUT {
+                    return;
+                }
+            }
+        };
+        let answered = tokio::select! {
             r = send => r,
             () = ack_deadline => {
                 return Err(Failure::Transient("no acknowledgement from the controller".into()));
             }
+            () = stalled => {
+                return Err(Failure::Transient(format!(
+                    "the controller took no line for {} s",
+                    STALL_TIMEOUT.as_secs()
+                )));
+            }
         };
-        let (resp, conn) = sent.map_err(|e| Failure::Transient(e.to_string()))?;
+        let (resp, conn) = answered.map_err(|e| Failure::Transient(e.to_string()))?;
         let status = resp.status();
         drop(conn);
         if status.is_success() {

@@ -437,3 +437,31 @@ async fn a_full_report_buffer_ends_with_a_delivered_error() {
     assert_eq!(posts(&fake), vec![(0, 204)]);
     out.assert_no_canary();
 }
+
+/// SIGTERM while the controller is away: the runtime does not wait out the reconnect window;
+/// it stops within the signal grace with the `cancelled` exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_controller_is_away_exits_promptly() {
+    let emu = emulator().await;
+    let (fake, url) = start_fake(&emu.base_url(), "emu-len3000-rate100", Plan::Vanish, 20).await;
+    let child = runtime(&url)
+        .env("CONTROLLER_RECONNECT_WINDOW", "60s")
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lock(&fake.state).triggered {
+        assert!(Instant::now() < deadline, "the report never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the runtime notice the break and start reconnecting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(kill.is_ok_and(|s| s.success()));
+    // Well inside the window (60 s); the grace is 2 s.
+    let out = polydev_test_support::collect(child, Duration::from_secs(10)).await;
+    assert_eq!(out.code, ErrorKind::Cancelled.exit_code(), "{out:#?}");
+    assert!(out.stderr.contains("signal"), "{}", out.stderr);
+    out.assert_no_canary();
+}
