@@ -32,6 +32,10 @@ enum Plan {
     Cut,
     /// Cut, then answer the next handshake with a stale position once (the report gets 409).
     CutThenStale,
+    /// Cut, then refuse the token of the next handshake once (as while Nomad renews it).
+    CutThenUnauthorized,
+    /// Cut, then refuse every token from then on.
+    CutThenRejected,
     /// Forget everything, close the listener and open it again on the same port.
     Restart,
     /// Answer the report with 410.
@@ -47,6 +51,7 @@ struct State {
     job_given: bool,
     triggered: bool,
     stale_answers: u32,
+    unauthorized_answers: u32,
     handshakes: u32,
     /// `polydev-event-offset` of every report request, and its answer.
     posts: Vec<(u64, u16)>,
@@ -101,6 +106,10 @@ impl Fake {
             ("GET", p) if p == events_path => {
                 let mut st = lock(&self.state);
                 st.handshakes += 1;
+                if st.unauthorized_answers > 0 {
+                    st.unauthorized_answers -= 1;
+                    return answer(StatusCode::UNAUTHORIZED, String::new());
+                }
                 let mut received = st.lines.len() as u64;
                 if st.stale_answers > 0 && received >= 2 {
                     st.stale_answers -= 1;
@@ -151,8 +160,11 @@ impl Fake {
                         self.plan != Plan::Plain && !st.triggered && st.lines.len() >= self.after;
                     if fire {
                         st.triggered = true;
-                        if self.plan == Plan::CutThenStale {
-                            st.stale_answers = 1;
+                        match self.plan {
+                            Plan::CutThenStale => st.stale_answers = 1,
+                            Plan::CutThenUnauthorized => st.unauthorized_answers = 1,
+                            Plan::CutThenRejected => st.unauthorized_answers = u32::MAX,
+                            _ => {}
                         }
                         if self.plan == Plan::Restart {
                             st.lines.clear();
@@ -464,4 +476,27 @@ async fn sigterm_while_the_controller_is_away_exits_promptly() {
     assert_eq!(out.code, ErrorKind::Cancelled.exit_code(), "{out:#?}");
     assert!(out.stderr.contains("signal"), "{}", out.stderr);
     out.assert_no_canary();
+}
+
+/// 401/403 on a resumed report: the runtime re-reads its token once and goes on; a controller
+/// that keeps refusing ends it with the `auth` exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_retried_once() {
+    let (plain, out) = run_plan(Plan::Plain, 0).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let want = events(&plain);
+
+    let (renewed, out) = run_plan(Plan::CutThenUnauthorized, 50).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_complete(Plan::CutThenUnauthorized, &events(&renewed), &want);
+    assert!(out.stderr.contains("re-reading"), "{}", out.stderr);
+
+    let (rejected, out) = run_plan(Plan::CutThenRejected, 50).await;
+    assert_eq!(out.code, ErrorKind::Auth.exit_code(), "{out:#?}");
+    assert!(
+        out.stderr.contains("rejected the runtime token"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(posts(&rejected).len(), 1);
 }
