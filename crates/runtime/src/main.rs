@@ -512,6 +512,24 @@ mod tests {
         assert!(parse_args(&args(&["node", "-e", "x"])).is_err());
     }
 
+    /// The help text states the pull-mode report defaults and exit code as the code has them.
+    #[test]
+    fn help_matches_the_report_defaults() {
+        use polydev_protocol::report::{DEFAULT_RECONNECT_WINDOW, DEFAULT_REPORT_BUFFER_BYTES};
+        assert_eq!(DEFAULT_REPORT_BUFFER_BYTES, 16 << 20);
+        assert!(HELP.contains("default 16M"));
+        assert_eq!(DEFAULT_RECONNECT_WINDOW.as_secs(), 120);
+        assert!(HELP.contains("default 120s"));
+        let code = format!("{}  pull mode", report::EXIT_CONTROLLER_UNREACHABLE);
+        assert!(HELP.contains(&code), "{code}");
+        for var in [
+            config::REPORT_BUFFER_BYTES,
+            config::CONTROLLER_RECONNECT_WINDOW,
+        ] {
+            assert!(HELP.contains(var), "{var}");
+        }
+    }
+
     #[test]
     fn version_lists_the_three_adapters() {
         let v = version_text();
