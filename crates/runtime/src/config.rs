@@ -42,6 +42,8 @@ pub const TOOLS: &str = "TOOLS";
 pub const TOOL_CHOICE: &str = "TOOL_CHOICE";
 pub const OPTIONS: &str = "OPTIONS";
 pub const PARENT_PID: &str = "PARENT_PID";
+pub const REPORT_BUFFER_BYTES: &str = "REPORT_BUFFER_BYTES";
+pub const CONTROLLER_RECONNECT_WINDOW: &str = "CONTROLLER_RECONNECT_WINDOW";
 
 /// Timeout and retry defaults: the contract's (the controller bounds a runtime's silence by
 /// them too).
@@ -158,6 +160,10 @@ pub struct Settings {
     pub pull: Option<crate::pull::PullConfig>,
     /// The process that started this one: die with it (see `parent.rs`).
     pub parent_pid: Option<u32>,
+    /// Pull mode: bytes of output lines kept for resending (`report.rs`).
+    pub report_buffer_bytes: usize,
+    /// Pull mode: how long to keep trying to reach the controller after the report broke.
+    pub reconnect_window: Duration,
     base_urls: HashMap<Provider, String>,
 }
 
@@ -232,6 +238,12 @@ impl Settings {
             warm,
             pull,
             parent_pid: parse_num(env, PARENT_PID)?,
+            report_buffer_bytes: report_buffer_bytes(env)?,
+            reconnect_window: match env.var(CONTROLLER_RECONNECT_WINDOW) {
+                None => polydev_protocol::report::DEFAULT_RECONNECT_WINDOW,
+                Some(v) => parse_duration(&v)
+                    .map_err(|e| config_err(format!("{CONTROLLER_RECONNECT_WINDOW}={v:?}: {e}")))?,
+            },
             base_urls,
         })
     }
@@ -288,6 +300,67 @@ fn parse_json_var<T: serde::de::DeserializeOwned>(
             .map(Some)
             .map_err(|e| config_err(format!("{var} is not {what}: {e}"))),
     }
+}
+
+fn report_buffer_bytes(env: &dyn Env) -> Result<usize, ConfigError> {
+    use crate::report::MIN_REPORT_BUFFER_BYTES;
+    let Some(v) = env.var(REPORT_BUFFER_BYTES) else {
+        return Ok(polydev_protocol::report::DEFAULT_REPORT_BUFFER_BYTES);
+    };
+    let bytes = parse_size(&v)
+        .ok()
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| {
+            config_err(format!(
+                "{REPORT_BUFFER_BYTES}={v:?} is not a size (plain bytes, or with K, M, G: 16M)"
+            ))
+        })?;
+    if bytes < MIN_REPORT_BUFFER_BYTES {
+        return Err(config_err(format!(
+            "{REPORT_BUFFER_BYTES}={v:?} is below the minimum of {MIN_REPORT_BUFFER_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of milliseconds (like the runtime's
+/// `*_MS` settings).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => return Err(format!("unknown duration unit {other:?} (ms, s, m, h)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+/// Parses plain bytes or a whole number with a binary unit: `4096`, `64K`, `16M`, `1G`
+/// (`KiB`, `MB`… also read as powers of 1024, as the controller's size settings are).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 16M, 65536)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (K, M, G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 fn parse_num<T: std::str::FromStr>(env: &dyn Env, var: &str) -> Result<Option<T>, ConfigError> {
@@ -652,5 +725,43 @@ mod tests {
         assert!(Settings::from_env(&env(&[("WARM_POOL", "yes please")])).is_err());
         assert!(Settings::from_env(&env(&[("ANTHROPIC_BASE_URL", "ftp://x")])).is_err());
         assert!(Settings::from_env(&env(&[("TOTAL_TIMEOUT_MS", "-1")])).is_err());
+    }
+
+    #[test]
+    fn report_settings_parse_sizes_and_durations() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        assert_eq!(
+            s.report_buffer_bytes,
+            polydev_protocol::report::DEFAULT_REPORT_BUFFER_BYTES
+        );
+        assert_eq!(
+            s.reconnect_window,
+            polydev_protocol::report::DEFAULT_RECONNECT_WINDOW
+        );
+        let s = Settings::from_env(&env(&[
+            ("REPORT_BUFFER_BYTES", "64K"),
+            ("CONTROLLER_RECONNECT_WINDOW", "30s"),
+        ]))
+        .unwrap();
+        assert_eq!(s.report_buffer_bytes, 64 * 1024);
+        assert_eq!(s.reconnect_window, Duration::from_secs(30));
+        assert_eq!(parse_size("8192").unwrap(), 8192);
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("1.5M").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert_eq!(parse_duration("1500").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("2 days").is_err());
+        for bad in [
+            ("REPORT_BUFFER_BYTES", "100"),
+            ("REPORT_BUFFER_BYTES", "lots"),
+            ("CONTROLLER_RECONNECT_WINDOW", "soon"),
+        ] {
+            let err = Settings::from_env(&env(&[bad])).unwrap_err().0;
+            assert!(err.contains(bad.0), "{err}");
+        }
     }
 }

@@ -11,6 +11,7 @@ mod harden;
 mod output;
 mod parent;
 mod pull;
+mod report;
 mod transport;
 
 use std::process::ExitCode;
@@ -85,6 +86,11 @@ SETTINGS (environment, every mode):
     CONTROLLER_URL           pull mode: controller base URL (https://, or http:// on loopback)
     RUNTIME_TOKEN            pull mode: bearer token for the controller
     RUNTIME_TOKEN_FILE       pull mode: file holding the token, re-read on every request
+    REPORT_BUFFER_BYTES      pull mode: output kept for resending after a broken report
+                             (default 16M; plain bytes or K/M/G, at least 4096); past it the
+                             upstream call stops and the execution ends with a `protocol` error
+    CONTROLLER_RECONNECT_WINDOW  pull mode: how long to keep reconnecting to the controller
+                             after the report broke (default 120s; 500ms, 30s, 2m, or plain ms)
     PARENT_PID               die (SIGKILL) when the parent exits; exit at once if the
                              parent is already not this pid (set by the controller)
     RUNTIME_USER             uid:gid (numeric, not 0) to switch to before reading any input
@@ -99,7 +105,8 @@ OUTPUT (ndjson): start; text, reasoning (signature/redacted blocks with empty te
 EXIT CODES:
     0 success   64 config   65 bad_request, not_found, blocked   70 internal
     75 rate_limited, overloaded, upstream, timeout   76 protocol   77 auth, permission
-    130 cancelled (SIGTERM/SIGINT)
+    130 cancelled (SIGTERM/SIGINT; pull mode: the controller answered 410)
+    69  pull mode: the controller stayed unreachable for CONTROLLER_RECONNECT_WINDOW
 ";
 
 /// What the command line asked for.
@@ -290,7 +297,8 @@ async fn execute_job<W: std::io::Write>(
     }
 }
 
-/// Controller-pull warm mode: fetch the one job, stream its events back, exit.
+/// Controller-pull warm mode: fetch the one job, run it into the report log while the
+/// reporter delivers the log to the controller (resuming after failures), exit.
 async fn run_pulled(
     settings: &Settings,
     pull: &pull::PullConfig,
@@ -311,27 +319,91 @@ async fn run_pulled(
         }
     };
     let execution_id = job.execution_id.clone().unwrap_or_default();
-    let (report, writer) = match pull::open_report(transport, pull, &execution_id, connect) {
-        Ok(r) => r,
-        Err(e) => {
-            diag(&format!("error: {e}"));
-            return ErrorKind::Config.exit_code();
-        }
+    if let Err(e) = report::check_execution_id(&execution_id) {
+        diag(&format!("error: {e}"));
+        return ErrorKind::Config.exit_code();
+    }
+    // The execution stops on a signal, or when the reporter gives up.
+    let (stop_tx, mut stop) = watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let forward = {
+        let mut signal = cancel.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            if signal.wait_for(|c| *c).await.is_ok() {
+                stop_tx.send_replace(true);
+            }
+        })
     };
-    let mut out = Output::new(OutputMode::Ndjson, writer);
+    let log = report::ReportLog::new(settings.report_buffer_bytes);
+    let reporter = report::Reporter {
+        transport: transport.clone(),
+        cfg: pull.clone(),
+        execution_id,
+        connect_timeout: connect,
+        window: settings.reconnect_window,
+        signal: cancel.clone(),
+        stop: stop_tx,
+    };
+    let reporting = tokio::spawn(reporter.run(log.clone()));
+
+    let mut out = Output::new(OutputMode::Ndjson, log.writer());
     let mut warnings = Vec::new();
-    let code = match config::check_job(&job, &mut warnings) {
-        Ok(()) => execute_job(&job, &warnings, settings, transport, &mut out, cancel).await,
+    let mut code = match config::check_job(&job, &mut warnings) {
+        Ok(()) => execute_job(&job, &warnings, settings, transport, &mut out, &mut stop).await,
         Err(e) => fail_config(&mut out, &e.0),
     };
-    // Dropping the writer ends the request body; then wait for the controller's answer.
     drop(out);
-    match report.finish().await {
-        Ok(()) => code,
-        Err(e) => {
-            diag(&format!("error: {e}"));
+    forward.abort();
+    if log.is_full() {
+        // The writer failed on the bound, which stopped the upstream call: end with the
+        // error that says so, in the room kept for it.
+        let event = log.full_error();
+        diag(&format!("error: {}", describe(&event)));
+        let line = serde_json::to_string(&event).map(|l| l + "\n").ok();
+        log.close(line.as_deref().map(str::as_bytes));
+        code = event.exit_code();
+    } else {
+        log.close(None);
+    }
+    let end = reporting
+        .await
+        .unwrap_or_else(|e| report::ReportEnd::Refused(format!("the reporter failed: {e}")));
+    match end {
+        report::ReportEnd::Delivered => code,
+        report::ReportEnd::Gone => {
+            diag("the controller no longer takes this execution (410); stopped");
+            ErrorKind::Cancelled.exit_code()
+        }
+        report::ReportEnd::Unreachable(why) => {
+            diag(&format!("error: {why}; stopped"));
+            if *cancel.borrow() {
+                ErrorKind::Cancelled.exit_code()
+            } else {
+                Some(report::EXIT_CONTROLLER_UNREACHABLE)
+            }
+        }
+        report::ReportEnd::Rejected(status) => {
+            diag(&format!(
+                "error: {}; stopped",
+                pull::PullError::Rejected(status)
+            ));
+            ErrorKind::Auth.exit_code()
+        }
+        report::ReportEnd::Refused(why) => {
+            diag(&format!(
+                "error: reporting events to the controller failed: {why}"
+            ));
             ErrorKind::Upstream.exit_code()
         }
+    }
+}
+
+/// One line about an error event, for stderr.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Error(e) => format!("{} ({})", e.message, e.kind),
+        _ => String::new(),
     }
 }
 
@@ -449,6 +521,24 @@ mod tests {
         ));
         assert!(parse_args(&args(&["run", "--jobs", "-"])).is_err());
         assert!(parse_args(&args(&["node", "-e", "x"])).is_err());
+    }
+
+    /// The help text states the pull-mode report defaults and exit code as the code has them.
+    #[test]
+    fn help_matches_the_report_defaults() {
+        use polydev_protocol::report::{DEFAULT_RECONNECT_WINDOW, DEFAULT_REPORT_BUFFER_BYTES};
+        assert_eq!(DEFAULT_REPORT_BUFFER_BYTES, 16 << 20);
+        assert!(HELP.contains("default 16M"));
+        assert_eq!(DEFAULT_RECONNECT_WINDOW.as_secs(), 120);
+        assert!(HELP.contains("default 120s"));
+        let code = format!("{}  pull mode", report::EXIT_CONTROLLER_UNREACHABLE);
+        assert!(HELP.contains(&code), "{code}");
+        for var in [
+            config::REPORT_BUFFER_BYTES,
+            config::CONTROLLER_RECONNECT_WINDOW,
+        ] {
+            assert!(HELP.contains(var), "{var}");
+        }
     }
 
     #[test]

@@ -6,35 +6,26 @@
 //! for the job (200 with the job document; 204 means "nothing yet, ask again"; 410 means "no job
 //! will come, exit"). The events then go to
 //! `POST {CONTROLLER_URL}/runtime/v1/executions/{id}/events` as one chunked NDJSON request that
-//! is written as they happen. The token file, when used, is re-read for every request because
+//! is written as they happen, resumed after a failure (see `report.rs`). The token file, when used, is re-read for every request because
 //! Nomad rotates workload-identity tokens. Credentials cross this link, so plain `http://` is
 //! refused unless the controller is on loopback.
 
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
 use polydev_protocol::Job;
-use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, MAX_JOB_LINE_BYTES};
 use crate::execute::Cancel;
-use crate::transport::{Connection, Transport};
+use crate::transport::Transport;
 
 /// Longest we wait for one long-poll answer; the controller answers 204 well before this.
 const POLL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backoff between failed polls (controller restarting, network blip).
 const POLL_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const POLL_BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Events buffered for the controller before we declare it gone.
-const EVENT_BUFFER: usize = 4096;
-/// How long the controller gets to acknowledge the finished event stream.
-const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads of a token file that is empty, unreadable or malformed are retried this many times
 /// more, [`TOKEN_RETRY_PAUSE`] apart, before the runtime gives up: Nomad renews a workload
@@ -65,7 +56,7 @@ impl TokenSource {
     /// The token to send. A file is re-read, and a read caught in the middle of a rewrite
     /// (empty, partial, briefly missing) is retried for up to half a second; this blocks the
     /// thread, which has nothing else to do without a token.
-    fn read(&self) -> Result<String, PullError> {
+    pub(crate) fn read(&self) -> Result<String, PullError> {
         let path = match self {
             TokenSource::Value(v) => {
                 let token = v.trim().to_owned();
@@ -144,7 +135,7 @@ impl PullConfig {
         })
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         token: &str,
         method: http::Method,
@@ -181,8 +172,6 @@ pub enum PullError {
     Rejected(u16),
     /// The controller sent something that is not a job.
     BadJob(String),
-    /// Reporting events failed.
-    Report(String),
 }
 
 impl std::fmt::Display for PullError {
@@ -191,7 +180,6 @@ impl std::fmt::Display for PullError {
             PullError::Token(m) => write!(f, "runtime token: {m}"),
             PullError::Rejected(s) => write!(f, "the controller rejected the runtime token ({s})"),
             PullError::BadJob(m) => write!(f, "the controller sent an unusable job: {m}"),
-            PullError::Report(m) => write!(f, "reporting events to the controller failed: {m}"),
         }
     }
 }
@@ -283,112 +271,6 @@ async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<V
     Ok(buf)
 }
 
-/// The open event stream to the controller: write events into [`EventReport::writer`], then
-/// [`EventReport::finish`].
-pub struct EventReport {
-    response: tokio::task::JoinHandle<
-        Result<
-            (http::Response<hyper::body::Incoming>, Connection),
-            crate::transport::TransportError,
-        >,
-    >,
-}
-
-/// A `std::io::Write` whose flushed contents become chunks of the report body. A full buffer
-/// or a closed stream is an error, which makes the execution stop: nobody is listening.
-pub struct ChannelWriter {
-    buf: Vec<u8>,
-    tx: mpsc::Sender<Bytes>,
-}
-
-impl io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .try_send(chunk)
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
-    }
-}
-
-/// A request body fed by a channel; it ends when every sender is gone.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// Opens the chunked `POST …/events` request for `execution_id`.
-pub fn open_report(
-    transport: &Transport,
-    cfg: &PullConfig,
-    execution_id: &str,
-    connect_timeout: Duration,
-) -> Result<(EventReport, ChannelWriter), PullError> {
-    if execution_id.is_empty()
-        || !execution_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(PullError::BadJob(
-            "the job has no usable execution_id".into(),
-        ));
-    }
-    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-    let token = cfg.token.read()?;
-    let req = cfg
-        .request(
-            &token,
-            http::Method::POST,
-            &format!("/runtime/v1/executions/{execution_id}/events"),
-        )?
-        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
-        .body(ChannelBody(rx))
-        .map_err(|e| PullError::Report(e.to_string()))?;
-    let transport = transport.clone();
-    let response = tokio::spawn(async move { transport.send_body(req, connect_timeout).await });
-    Ok((
-        EventReport { response },
-        ChannelWriter {
-            buf: Vec::new(),
-            tx,
-        },
-    ))
-}
-
-impl EventReport {
-    /// Waits for the controller to acknowledge the whole stream (the writer must be dropped
-    /// first, which ends the body).
-    pub async fn finish(self) -> Result<(), PullError> {
-        let joined = tokio::time::timeout(REPORT_ACK_TIMEOUT, self.response)
-            .await
-            .map_err(|_| PullError::Report("no acknowledgement from the controller".into()))?;
-        let (resp, _conn) = joined
-            .map_err(|e| PullError::Report(e.to_string()))?
-            .map_err(|e| PullError::Report(e.to_string()))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(PullError::Report(format!("HTTP {}", resp.status())))
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -459,24 +341,5 @@ mod tests {
         });
         assert_eq!(src.read().unwrap(), jwt);
         writer.join().unwrap();
-    }
-
-    #[test]
-    fn channel_writer_sends_on_flush_and_fails_when_closed() {
-        use std::io::Write;
-        let (tx, mut rx) = mpsc::channel(1);
-        let mut w = ChannelWriter {
-            buf: Vec::new(),
-            tx,
-        };
-        w.write_all(b"{\"type\":\"ready\"}\n").unwrap();
-        w.flush().unwrap();
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            Bytes::from_static(b"{\"type\":\"ready\"}\n")
-        );
-        drop(rx);
-        w.write_all(b"x").unwrap();
-        assert!(w.flush().is_err());
     }
 }
