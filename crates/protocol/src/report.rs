@@ -2,9 +2,10 @@
 //! runtime whose report connection broke (a network blip, a controller restart) picks up
 //! exactly where the controller's copy ends, with no gap and no duplicate.
 //!
-//! Positions count the runtime's *output lines* for one execution, from 0: every
-//! newline-terminated line it wrote (including `ready`, `start` and any line the controller
-//! ignores), in order. A runtime keeps every line of its execution (bounded by
+//! Positions count the *lines of the report* for one execution, from 0: every
+//! newline-terminated line the runtime put in it (from `start` on, including any line the
+//! controller ignores; a pull-mode runtime's `ready` goes to its stdout, not the report), in
+//! order. A runtime keeps every line of its execution (bounded by
 //! [`DEFAULT_REPORT_BUFFER_BYTES`]), because a restarted controller holds none of them and
 //! rebuilds its event log from what the runtime resends; the controller's sequence numbers are
 //! a function of the lines, so the rebuilt log has the same `id:`s as the lost one.
