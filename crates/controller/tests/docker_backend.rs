@@ -13,7 +13,12 @@
 //! - an unreachable engine is a clear `unavailable` error, then `503` (in-process and through
 //!   the binary with `DOCKER_HOST`);
 //! - the binary killed with SIGKILL mid-stream and restarted: the leftover containers are
-//!   removed and the execution is recorded `failed`/`interrupted`.
+//!   removed and the execution is recorded `failed`/`interrupted`;
+//! - pull mode (`POLYDEV_DOCKER_MODE=pull`, host network, the controller on loopback): every
+//!   provider cold and warm, cancel (cold and warm), what `docker inspect` shows (no key, no
+//!   prompt, no token, no stdin, the token file mounted read-only, the labels for finding the
+//!   container again), a container killed mid-job, a container that cannot reach the
+//!   controller, and nothing left after shutdown (containers, token directory).
 //!
 //! After every test no container of its instance is left (`docker ps -a`). Needs a Docker
 //! Engine: without one these tests print `SKIPPED …`, and fail under `CI=true`
@@ -34,9 +39,10 @@ use http_body_util::BodyExt;
 use polydev_controller::Controller;
 use polydev_controller::backend::Backend;
 use polydev_controller::backend::docker::{
-    DEFAULT_IMAGE, DockerBackend, DockerBackendConfig, LABEL_CONTROLLER, LABEL_EXECUTION,
-    LABEL_MANAGED, LABEL_ROLE,
+    DEFAULT_IMAGE, DockerBackend, DockerBackendConfig, DockerMode, LABEL_CONTROLLER,
+    LABEL_EXECUTION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_MODE, LABEL_ROLE, TOKEN_MOUNT,
 };
+use polydev_controller::backend::process::PullOptions;
 use polydev_controller::config::{ControllerConfig, Secret};
 use polydev_controller::store::Store;
 use polydev_protocol::Provider;
@@ -1007,4 +1013,257 @@ async fn a_restart_removes_what_a_killed_controller_left_and_records_it_interrup
         "the interrupted execution is named: {log}"
     );
     assert!(!log.contains(CANARY), "the key is in the controller's log");
+}
+
+// === pull mode (POLYDEV_DOCKER_MODE=pull) ===
+
+/// The controller over a pull-mode Docker backend: the listener is bound first, since the
+/// containers are told its URL (`CONTROLLER_URL`, plain HTTP on loopback: host network).
+async fn pull_stack(mut backend: DockerBackendConfig) -> Stack {
+    if let Ok(filter) = std::env::var("POLYDEV_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    backend.pull = Some(PullOptions::new(format!("http://{addr}")));
+    let instance = backend.instance.clone();
+    let backend = Arc::new(DockerBackend::new(backend).unwrap());
+    assert_eq!(backend.mode(), DockerMode::Pull);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("p.db")).unwrap();
+    let controller = Controller::new(controller_config(), backend.clone(), store);
+    let server = support::serve_bound(listener, None, controller);
+    Stack {
+        backend,
+        server,
+        instance,
+        _dir: dir,
+    }
+}
+
+/// Asserts what `docker inspect` shows of a running pull-mode container: no key, no prompt, no
+/// token (its value is read from the mounted file), no stdin, the token mounted read-only, and
+/// the labels a later controller needs to find it.
+async fn assert_pull_container(id: &str, token_dir: &Path) -> Value {
+    let v = inspect(id).await;
+    let text = v.to_string();
+    assert!(!text.contains(CANARY), "the key is in docker inspect {id}");
+    assert!(
+        !text.contains("Say hello"),
+        "the prompt is in docker inspect {id}"
+    );
+    let c = &v["Config"];
+    let h = &v["HostConfig"];
+    assert_eq!(c["OpenStdin"], false);
+    assert_eq!(c["AttachStdin"], false);
+    assert_eq!(c["User"], "65534:65534");
+    assert!(
+        c.get("Cmd")
+            .is_none_or(|cmd| cmd.is_null() || cmd == &json!([])),
+        "{c}"
+    );
+    assert_eq!(h["ReadonlyRootfs"], true);
+    assert_eq!(c["Labels"][LABEL_MODE], "pull");
+    let instance = c["Labels"][LABEL_INSTANCE].as_str().unwrap().to_owned();
+    assert!(!instance.is_empty());
+    let env: Vec<String> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert!(env.contains(&"WARM_POOL=true".to_owned()), "{env:?}");
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("CONTROLLER_URL=http://127.0.0.1:")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&format!("RUNTIME_TOKEN_FILE={TOKEN_MOUNT}")),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("RUNTIME_TOKEN=")),
+        "{env:?}"
+    );
+    let mounts = v["Mounts"].as_array().unwrap();
+    let token = mounts
+        .iter()
+        .find(|m| m["Destination"] == TOKEN_MOUNT)
+        .unwrap_or_else(|| panic!("no token mount: {mounts:?}"));
+    assert_eq!(token["RW"], false, "{token}");
+    let source = Path::new(token["Source"].as_str().unwrap());
+    assert!(
+        source.starts_with(token_dir),
+        "{source:?} not in {token_dir:?}"
+    );
+    // The token itself is only in that file (until the runtime starts reporting, when the
+    // controller deletes it).
+    if let Ok(secret) = std::fs::read_to_string(source) {
+        let secret = secret.trim();
+        assert!(
+            secret.starts_with(&format!("{instance}.")),
+            "token of another instance"
+        );
+        let hex = secret.rsplit_once('.').unwrap().1;
+        assert!(!text.contains(hex), "the token is in docker inspect {id}");
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_every_provider_streams_cold_and_warm_without_the_key_in_docker_inspect() {
+    let Some(scope) =
+        require("pull_mode_every_provider_streams_cold_and_warm_without_the_key_in_docker_inspect")
+    else {
+        return;
+    };
+    let (emu, env) = host_emulator().await;
+    let s = pull_stack(backend_config(&scope, "host", env)).await;
+    let token_dir = s.backend.pull_dir().unwrap();
+    for p in Provider::ALL {
+        let id = stream_ok(s.addr(), p, 40).await;
+        let v = status(s.addr(), &id).await;
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert_eq!(v["warm"], false, "{v}");
+    }
+    wait_gone(&s.instance).await;
+
+    // A slow cold stream: what the engine shows of it, then cancel.
+    let (mut r, id) = open_stream(s.addr(), job(Provider::Google, "len400-rate20")).await;
+    until_text(&mut r).await;
+    let ids = ours(&s.instance).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let v = assert_pull_container(&ids[0], &token_dir).await;
+    assert_eq!(v["Config"]["Labels"][LABEL_ROLE], "cold");
+    assert_eq!(v["Config"]["Labels"][LABEL_EXECUTION], id);
+    assert_eq!(emu.status().open_streams, 1);
+    let del = send(
+        s.addr(),
+        Method::DELETE,
+        &format!("/v1/executions/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(del.status(), 200);
+    let rest = r.rest().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert_eq!(last.data["kind"], "cancelled", "{last:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "error").count(), 1);
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    wait_gone(&s.instance).await;
+    assert_eq!(status(s.addr(), &id).await["status"], "cancelled");
+
+    // Warm: idle means "has polled"; claims are served from the pool, which refills.
+    s.backend.set_pool_size(2).unwrap();
+    until("pool warm", || s.backend.pool_status().idle == 2).await;
+    for name in s.backend.idle_names() {
+        let v = assert_pull_container(&name, &token_dir).await;
+        assert_eq!(v["Config"]["Labels"][LABEL_ROLE], "warm");
+        assert!(v["Config"]["Labels"].get(LABEL_EXECUTION).is_none());
+    }
+    for p in Provider::ALL {
+        until("pool refilled", || s.backend.pool_status().idle >= 1).await;
+        let id = stream_ok(s.addr(), p, 40).await;
+        let v = status(s.addr(), &id).await;
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert_eq!(v["warm"], true, "{v}");
+    }
+    assert_eq!(s.backend.pool_status().hits, 3);
+    // A warm container cancelled mid-stream.
+    until("pool refilled", || s.backend.pool_status().idle >= 1).await;
+    let (mut r, id) = open_stream(s.addr(), job(Provider::OpenAi, "len400-rate20")).await;
+    until_text(&mut r).await;
+    let del = send(
+        s.addr(),
+        Method::DELETE,
+        &format!("/v1/executions/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(del.status(), 200);
+    let rest = r.rest().await;
+    assert_eq!(rest.last().unwrap().data["kind"], "cancelled", "{rest:?}");
+    assert_eq!(status(s.addr(), &id).await["warm"], true);
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    s.stop().await;
+    assert!(!token_dir.exists(), "the token directory outlived shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_a_container_killed_mid_job_ends_the_execution_clearly() {
+    let Some(scope) = require("pull_mode_a_container_killed_mid_job_ends_the_execution_clearly")
+    else {
+        return;
+    };
+    let (emu, env) = host_emulator().await;
+    let s = pull_stack(backend_config(&scope, "host", env)).await;
+    let (mut r, id) = open_stream(s.addr(), job(Provider::Anthropic, "len400-rate20")).await;
+    until_text(&mut r).await;
+    let names = s.backend.container_names();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let out = cli(vec!["kill".into(), names[0].clone()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest = r.rest().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "error").count(), 1);
+    assert_eq!(last.data["kind"], "internal", "{last:?}");
+    assert_eq!(last.data["partial"], true, "{last:?}");
+    let msg = last.data["message"].as_str().unwrap();
+    // The report breaks with the container (usually seen first), or its exit is.
+    assert!(
+        msg.contains("vanished mid-job") || msg.contains("killed (SIGKILL)"),
+        "{msg}"
+    );
+    let v = status(s.addr(), &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    wait_gone(&s.instance).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_a_container_that_cannot_reach_the_controller_fails_its_launch_clearly() {
+    let Some(scope) =
+        require("pull_mode_a_container_that_cannot_reach_the_controller_fails_its_launch_clearly")
+    else {
+        return;
+    };
+    let (_emu, env) = host_emulator().await;
+    let mut cfg = backend_config(&scope, "host", env);
+    cfg.ready_timeout = Duration::from_secs(5);
+    // A loopback port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    cfg.pull = Some(PullOptions::new(url));
+    let s = stack(cfg, controller_config()).await;
+    let res = send(
+        s.addr(),
+        Method::POST,
+        "/v1/executions",
+        &[SSE],
+        Some(job(Provider::OpenAi, "len10")),
+    )
+    .await;
+    let mut r = SseReader::new(res);
+    let events = r.rest().await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    let text = last.data.to_string();
+    assert!(text.contains("did not fetch its job"), "{text}");
+    assert!(!r.raw.is_empty() && !String::from_utf8_lossy(&r.raw).contains(CANARY));
+    wait_gone(&s.instance).await;
+    s.stop().await;
 }
