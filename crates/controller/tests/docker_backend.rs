@@ -1019,7 +1019,7 @@ async fn a_restart_removes_what_a_killed_controller_left_and_records_it_interrup
 
 /// The controller over a pull-mode Docker backend: the listener is bound first, since the
 /// containers are told its URL (`CONTROLLER_URL`, plain HTTP on loopback: host network).
-async fn pull_stack(mut backend: DockerBackendConfig) -> Stack {
+async fn pull_stack(mut backend: DockerBackendConfig, config: ControllerConfig) -> Stack {
     if let Ok(filter) = std::env::var("POLYDEV_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -1034,7 +1034,7 @@ async fn pull_stack(mut backend: DockerBackendConfig) -> Stack {
     assert_eq!(backend.mode(), DockerMode::Pull);
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(&dir.path().join("p.db")).unwrap();
-    let controller = Controller::new(controller_config(), backend.clone(), store);
+    let controller = Controller::new(config, backend.clone(), store);
     let server = support::serve_bound(listener, None, controller);
     Stack {
         backend,
@@ -1122,7 +1122,7 @@ async fn pull_mode_every_provider_streams_cold_and_warm_without_the_key_in_docke
         return;
     };
     let (emu, env) = host_emulator().await;
-    let s = pull_stack(backend_config(&scope, "host", env)).await;
+    let s = pull_stack(backend_config(&scope, "host", env), controller_config()).await;
     let token_dir = s.backend.pull_dir().unwrap();
     for p in Provider::ALL {
         let id = stream_ok(s.addr(), p, 40).await;
@@ -1203,7 +1203,7 @@ async fn pull_mode_a_container_killed_mid_job_ends_the_execution_clearly() {
         return;
     };
     let (emu, env) = host_emulator().await;
-    let s = pull_stack(backend_config(&scope, "host", env)).await;
+    let s = pull_stack(backend_config(&scope, "host", env), controller_config()).await;
     let (mut r, id) = open_stream(s.addr(), job(Provider::Anthropic, "len400-rate20")).await;
     until_text(&mut r).await;
     let names = s.backend.container_names();
@@ -1266,4 +1266,156 @@ async fn pull_mode_a_container_that_cannot_reach_the_controller_fails_its_launch
     assert!(!r.raw.is_empty() && !String::from_utf8_lossy(&r.raw).contains(CANARY));
     wait_gone(&s.instance).await;
     s.stop().await;
+}
+
+// === a one-off measurement (issue 13 item 3), not run by default ===
+
+/// utime + stime of `pid` in clock ticks, if it still exists.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Pids of the processes named `comm`, with their command lines.
+fn processes(comm: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim() == comm {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// Streams `n` paced executions at once in `mode` and returns (ticks of dockerd + the
+/// containers' containerd-shims while they streamed, text events received then).
+async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) -> (u64, u64) {
+    let (_emu, env) = host_emulator().await;
+    let mut cfg = backend_config(scope, "host", env);
+    // The containers are the only work of the window: every stream starts cold, together.
+    cfg.pool_size = 0;
+    let config = ControllerConfig {
+        max_concurrency: n + 4,
+        queue_size: n + 4,
+        ..controller_config()
+    };
+    let s = if pull {
+        pull_stack(cfg, config).await
+    } else {
+        stack(cfg, config).await
+    };
+    let mut readers = Vec::new();
+    for i in 0..n {
+        let p = Provider::ALL[i % Provider::ALL.len()];
+        let (mut r, _) = open_stream(s.addr(), job(p, knobs)).await;
+        until_text(&mut r).await;
+        readers.push(r);
+    }
+    // Every stream is flowing: the window starts.
+    let ids: Vec<String> = {
+        let out = cli(vec![
+            "ps".into(),
+            "-q".into(),
+            "--no-trunc".into(),
+            "--filter".into(),
+            format!("label={LABEL_CONTROLLER}={}", s.instance),
+        ])
+        .await;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let shims: Vec<u32> = processes("containerd-shim")
+        .into_iter()
+        .filter(|(_, cmd)| ids.iter().any(|id| cmd.contains(id.as_str())))
+        .map(|(pid, _)| pid)
+        .collect();
+    eprintln!(
+        "{} containers, {} of their shims found",
+        ids.len(),
+        shims.len()
+    );
+    let dockerd = processes("dockerd")[0].0;
+    let d0 = cpu_ticks(dockerd).unwrap();
+    let start: Vec<(u32, u64)> = shims
+        .iter()
+        .filter_map(|p| cpu_ticks(*p).map(|t| (*p, t)))
+        .collect();
+    // The shims exit with their containers: sample them until then.
+    let last = Arc::new(std::sync::Mutex::new(start.clone()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (last, stop) = (Arc::clone(&last), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (pid, t) in last.lock().unwrap().iter_mut() {
+                    if let Some(now) = cpu_ticks(*pid) {
+                        *t = now;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut tokens = 0u64;
+    for mut r in readers {
+        let rest = r.rest().await;
+        assert_eq!(rest.last().unwrap().event, "end", "{rest:?}");
+        tokens += rest.iter().filter(|e| e.event == "text").count() as u64;
+    }
+    let d1 = cpu_ticks(dockerd).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let shim_ticks: u64 = last
+        .lock()
+        .unwrap()
+        .iter()
+        .zip(&start)
+        .map(|((_, t1), (_, t0))| t1 - t0)
+        .sum();
+    eprintln!(
+        "{}: dockerd {} ticks, shims {shim_ticks} ticks, {tokens} tokens",
+        if pull { "pull" } else { "attach" },
+        d1 - d0
+    );
+    s.stop().await;
+    (d1 - d0 + shim_ticks, tokens)
+}
+
+/// CPU of dockerd + containerd-shim per streamed token, attach vs pull mode: 20 paced streams
+/// each (docs/benchmarks-controller.md, "Docker attach vs pull"). One-off, by hand:
+/// `cargo test -p polydev-controller --test docker_backend -- --ignored --nocapture
+/// measure_engine_cpu_per_token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a one-off measurement, run by hand"]
+async fn measure_engine_cpu_per_token_attach_vs_pull() {
+    let Some(scope) = require("measure_engine_cpu_per_token_attach_vs_pull") else {
+        return;
+    };
+    let ticks_per_s = 100.0;
+    let knobs = std::env::var("MEASURE_KNOBS").unwrap_or_else(|_| "len300-rate30".into());
+    let rounds: usize = std::env::var("MEASURE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for round in 0..rounds {
+        for pull in [false, true] {
+            let (ticks, tokens) = measure_mode(&scope, pull, 20, &knobs).await;
+            let us = ticks as f64 / ticks_per_s * 1e6 / tokens.max(1) as f64;
+            eprintln!(
+                "round {round} {}: {ticks} ticks for {tokens} tokens = {us:.1} µs CPU per token",
+                if pull { "pull" } else { "attach" }
+            );
+        }
+    }
 }
