@@ -1305,6 +1305,7 @@ async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) ->
     cfg.pool_size = 0;
     let config = ControllerConfig {
         max_concurrency: n + 4,
+        max_per_user: n + 4,
         queue_size: n + 4,
         ..controller_config()
     };
@@ -1313,13 +1314,15 @@ async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) ->
     } else {
         stack(cfg, config).await
     };
-    let mut readers = Vec::new();
-    for i in 0..n {
+    // All at once, so that the window below covers most of every stream.
+    let addr = s.addr();
+    let readers = futures_util::future::join_all((0..n).map(|i| async move {
         let p = Provider::ALL[i % Provider::ALL.len()];
-        let (mut r, _) = open_stream(s.addr(), job(p, knobs)).await;
+        let (mut r, _) = open_stream(addr, job(p, knobs)).await;
         until_text(&mut r).await;
-        readers.push(r);
-    }
+        r
+    }))
+    .await;
     // Every stream is flowing: the window starts.
     let ids: Vec<String> = {
         let out = cli(vec![
@@ -1347,6 +1350,10 @@ async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) ->
     );
     let dockerd = processes("dockerd")[0].0;
     let d0 = cpu_ticks(dockerd).unwrap();
+    // This process: the controller, but also the in-process emulator and the SSE clients
+    // (the same work in both modes, so only the difference says something).
+    let me = std::process::id();
+    let c0 = cpu_ticks(me).unwrap();
     let start: Vec<(u32, u64)> = shims
         .iter()
         .filter_map(|p| cpu_ticks(*p).map(|t| (*p, t)))
@@ -1374,6 +1381,7 @@ async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) ->
         tokens += rest.iter().filter(|e| e.event == "text").count() as u64;
     }
     let d1 = cpu_ticks(dockerd).unwrap();
+    let c1 = cpu_ticks(me).unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sampler.join().unwrap();
     let shim_ticks: u64 = last
@@ -1384,9 +1392,10 @@ async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) ->
         .map(|((_, t1), (_, t0))| t1 - t0)
         .sum();
     eprintln!(
-        "{}: dockerd {} ticks, shims {shim_ticks} ticks, {tokens} tokens",
+        "{}: dockerd {} ticks, shims {shim_ticks} ticks, test process (controller + emulator + clients) {} ticks, {tokens} tokens",
         if pull { "pull" } else { "attach" },
-        d1 - d0
+        d1 - d0,
+        c1 - c0
     );
     s.stop().await;
     (d1 - d0 + shim_ticks, tokens)
@@ -1403,7 +1412,7 @@ async fn measure_engine_cpu_per_token_attach_vs_pull() {
         return;
     };
     let ticks_per_s = 100.0;
-    let knobs = std::env::var("MEASURE_KNOBS").unwrap_or_else(|_| "len300-rate30".into());
+    let knobs = std::env::var("MEASURE_KNOBS").unwrap_or_else(|_| "len600-rate30".into());
     let rounds: usize = std::env::var("MEASURE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
