@@ -338,6 +338,37 @@ mod tests {
     }
 
     #[test]
+    fn the_mode_is_attach_unless_pull_is_asked_for_with_a_url() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["polydev-controller"];
+            argv.extend_from_slice(args);
+            crate::config::Cli::try_parse_from(argv).unwrap()
+        };
+        let cli = parse(&[]);
+        assert_eq!(cli.serve.docker.docker_mode, DockerMode::Attach);
+        let c = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, None).unwrap();
+        assert_eq!(c.mode(), DockerMode::Attach);
+        // Pull options given for another backend's sake do not switch attach mode to pull.
+        let opts = PullOptions::new("http://127.0.0.1:8080");
+        let c = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, Some(opts.clone()))
+            .unwrap();
+        assert!(c.pull.is_none());
+        let cli = parse(&["--docker-mode", "pull"]);
+        assert_eq!(cli.serve.docker.docker_mode, DockerMode::Pull);
+        let c = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, Some(opts.clone()))
+            .unwrap();
+        assert_eq!(c.mode(), DockerMode::Pull);
+        assert_eq!(c.pull, Some(opts));
+        let e = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, None).unwrap_err();
+        assert!(e.to_string().contains("POLYDEV_PUBLIC_URL"), "{e}");
+        assert!(
+            crate::config::Cli::try_parse_from(["polydev-controller", "--docker-mode", "stdin"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn the_default_image_is_pinned_to_this_version() {
         assert_eq!(
             DEFAULT_IMAGE,
