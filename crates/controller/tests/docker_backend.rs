@@ -18,7 +18,8 @@
 //!   provider cold and warm, cancel (cold and warm), what `docker inspect` shows (no key, no
 //!   prompt, no token, no stdin, the token file mounted read-only, the labels for finding the
 //!   container again), a container killed mid-job, a container that cannot reach the
-//!   controller, and nothing left after shutdown (containers, token directory).
+//!   controller, and nothing left after shutdown (containers, token directory); the binary with
+//!   `POLYDEV_DOCKER_MODE=pull` (the wiring, the default runtime URL).
 //!
 //! After every test no container of its instance is left (`docker ps -a`). Needs a Docker
 //! Engine: without one these tests print `SKIPPED …`, and fail under `CI=true`
@@ -1427,4 +1428,61 @@ async fn measure_engine_cpu_per_token_attach_vs_pull() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_through_the_binary_streams_warm_and_cold_and_leaves_nothing() {
+    let Some(scope) =
+        require("pull_mode_through_the_binary_streams_warm_and_cold_and_leaves_nothing")
+    else {
+        return;
+    };
+    let (emu, _) = host_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let instance = scope.id().to_owned();
+    // No POLYDEV_PUBLIC_URL: runtimes are given the controller's own loopback address.
+    let mut env: Vec<(&str, String)> = vec![
+        ("POLYDEV_DOCKER_MODE", "pull".into()),
+        ("POLYDEV_DOCKER_NETWORK", "host".into()),
+        ("POLYDEV_DOCKER_INSTANCE", instance.clone()),
+        ("POLYDEV_POOL_SIZE", "1".into()),
+    ];
+    for p in Provider::ALL {
+        let (k, v) = base_url_env(p, &emu.base_url());
+        env.push((k, v));
+    }
+    let _sweep = Sweep(instance.clone());
+    let mut bin = Binary::start(&db, &env).await;
+    let deadline = Instant::now() + ENGINE_WAIT;
+    loop {
+        let res = send(bin.addr, Method::GET, "/v1/pool", &[], None).await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let pool: Value = serde_json::from_slice(&body).unwrap();
+        if pool["idle"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool never filled: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = ours(&instance).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let v = inspect(&left[0]).await;
+    assert_eq!(v["Config"]["Labels"][LABEL_MODE], "pull", "{v}");
+    assert_eq!(v["Config"]["OpenStdin"], false);
+    // The first takes the warm container, the second (while the pool refills) may go either way.
+    let id = stream_ok(bin.addr, Provider::Google, 30).await;
+    let v = status(bin.addr, &id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["warm"], true, "{v}");
+    let id = stream_ok(bin.addr, Provider::Anthropic, 30).await;
+    assert_eq!(status(bin.addr, &id).await["status"], "succeeded");
+    bin.sigterm_and_wait().await;
+    assert_eq!(
+        ours(&instance).await,
+        Vec::<String>::new(),
+        "left after shutdown"
+    );
+    let log = std::fs::read_to_string(db.with_extension("log")).unwrap();
+    assert!(!log.contains(CANARY), "the key is in the log");
 }
