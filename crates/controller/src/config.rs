@@ -532,7 +532,7 @@ pub struct DockerArgs {
     #[arg(long, env = ENV_DOCKER_INSTANCE, default_value = crate::backend::docker::DEFAULT_INSTANCE)]
     pub docker_instance: String,
     /// Docker backend: how runtimes get their job. `attach`: on the container's attached
-    /// stdin, events read from its stdout (containers end with the controller). `pull`: they
+    /// stdin, events read from its stdout (the output depends on that connection). `pull`: they
     /// fetch it from this controller's runtime API at POLYDEV_PUBLIC_URL with a per-container
     /// token (a read-only bind-mounted file) and post their events back over HTTP, as Nomad
     /// runtimes do.

@@ -34,7 +34,7 @@ pub const DEFAULT_INSTANCE: &str = "default";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DockerMode {
     /// The job is written on the container's attached stdin and the events are read from its
-    /// attached stdout. The containers die with the controller's attach connections.
+    /// attached stdout: an execution's output depends on that connection to the controller.
     #[default]
     Attach,
     /// Controller-pull mode (DESIGN.md 4.4): containers fetch their job from the runtime API
