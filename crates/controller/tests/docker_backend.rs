@@ -17,9 +17,9 @@
 //! - pull mode (`POLYDEV_DOCKER_MODE=pull`, host network, the controller on loopback): every
 //!   provider cold and warm, cancel (cold and warm), what `docker inspect` shows (no key, no
 //!   prompt, no token, no stdin, the token file mounted read-only, the labels for finding the
-//!   container again), a container killed mid-job, a container that cannot reach the
-//!   controller, and nothing left after shutdown (containers, token directory); the binary with
-//!   `POLYDEV_DOCKER_MODE=pull` (the wiring, the default runtime URL).
+//!   container again), a container killed mid-job, an out-of-memory kill, a container that
+//!   cannot reach the controller, and nothing left after shutdown (containers, token
+//!   directory); the binary with `POLYDEV_DOCKER_MODE=pull` (the wiring, the default URL).
 //!
 //! After every test no container of its instance is left (`docker ps -a`). Needs a Docker
 //! Engine: without one these tests print `SKIPPED …`, and fail under `CI=true`
@@ -1485,4 +1485,57 @@ async fn pull_mode_through_the_binary_streams_warm_and_cold_and_leaves_nothing()
     );
     let log = std::fs::read_to_string(db.with_extension("log")).unwrap();
     assert!(!log.contains(CANARY), "the key is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_an_out_of_memory_kill_is_reported_from_the_engine() {
+    let Some(scope) = require("pull_mode_an_out_of_memory_kill_is_reported_from_the_engine") else {
+        return;
+    };
+    let (_emu, env) = host_emulator().await;
+    let mut cfg = backend_config(&scope, "host", env);
+    // As in attach mode: Docker's smallest limit and a 3 MiB prompt, here fetched over HTTP.
+    cfg.memory_bytes = 6 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    cfg.pull = Some(PullOptions::new(format!("http://{addr}")));
+    let instance = cfg.instance.clone();
+    let backend = Arc::new(DockerBackend::new(cfg).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("p.db")).unwrap();
+    let config = ControllerConfig {
+        max_body_bytes: 64 << 20,
+        ..controller_config()
+    };
+    let controller = Controller::new(config, backend.clone(), store);
+    let s = Stack {
+        backend,
+        server: support::serve_bound(listener, None, controller),
+        instance,
+        _dir: dir,
+    };
+    let mut j = job(Provider::Anthropic, "len10");
+    j["prompt"] = Value::String("a".repeat(3 << 20));
+    let (mut r, id) = open_stream(s.addr(), j).await;
+    let rest = r.rest().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "error").count(), 1);
+    assert_eq!(last.data["kind"], "internal", "{last:?}");
+    assert_eq!(last.data["partial"], false, "{last:?}");
+    let message = last.data["message"].as_str().unwrap().to_owned();
+    eprintln!("pull mode, out of memory: {message}");
+    // The engine's `State.OOMKilled` after the container's exit, or (engines that miss OOM
+    // kills, see the attach-mode test) the unexplained SIGKILL; a report cut by the kill, if
+    // the runtime got as far as opening it.
+    assert!(
+        message.contains("ran out of memory")
+            || message.contains("may have run out of memory")
+            || message.contains("vanished mid-job"),
+        "{last:?}"
+    );
+    let v = status(s.addr(), &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    wait_gone(&s.instance).await;
+    s.stop().await;
 }
