@@ -53,6 +53,7 @@ pub const ENV_DOCKER_MEMORY: &str = "POLYDEV_DOCKER_MEMORY";
 pub const ENV_DOCKER_PIDS: &str = "POLYDEV_DOCKER_PIDS";
 pub const ENV_DOCKER_CPUS: &str = "POLYDEV_DOCKER_CPUS";
 pub const ENV_DOCKER_INSTANCE: &str = "POLYDEV_DOCKER_INSTANCE";
+pub const ENV_DOCKER_MODE: &str = "POLYDEV_DOCKER_MODE";
 /// The runtime's own variables, passed on to every runtime the process backend starts.
 pub const RUNTIME_PASSTHROUGH: [&str; 10] = [
     "OPENAI_BASE_URL",
@@ -566,6 +567,13 @@ pub struct DockerArgs {
     /// controllers sharing one engine need different names.
     #[arg(long, env = ENV_DOCKER_INSTANCE, default_value = crate::backend::docker::DEFAULT_INSTANCE)]
     pub docker_instance: String,
+    /// Docker backend: how runtimes get their job. `attach`: on the container's attached
+    /// stdin, events read from its stdout (the output depends on that connection). `pull`: they
+    /// fetch it from this controller's runtime API at POLYDEV_PUBLIC_URL with a per-container
+    /// token (a read-only bind-mounted file) and post their events back over HTTP, as Nomad
+    /// runtimes do.
+    #[arg(long, env = ENV_DOCKER_MODE, value_enum, default_value_t = crate::backend::docker::DockerMode::Attach)]
+    pub docker_mode: crate::backend::docker::DockerMode,
 }
 
 /// How runtimes get their job (DESIGN.md 4.4).

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use polydev_controller::backend::docker::{DockerBackend, DockerBackendConfig, record_interrupted};
+use polydev_controller::backend::docker::{
+    DockerBackend, DockerBackendConfig, DockerMode, record_interrupted,
+};
 use polydev_controller::backend::process::{
     ProcessBackend, ProcessBackendConfig, PullOptions, find_runtime, raise_nofile_limit,
 };
@@ -152,8 +154,8 @@ async fn build_backend(
 ) -> Result<Arc<dyn Backend>, String> {
     if args.runtime_api.runtime_mode == RuntimeMode::Pull && args.backend != BackendKind::Process {
         return Err(format!(
-            "{ENV_RUNTIME_MODE}=pull applies to the process backend (the Docker backend attaches \
-             to stdin; the Nomad backend always pulls)"
+            "{ENV_RUNTIME_MODE}=pull applies to the process backend (the Docker backend pulls \
+             with POLYDEV_DOCKER_MODE=pull; the Nomad backend always pulls)"
         ));
     }
     match args.backend {
@@ -173,10 +175,15 @@ async fn build_backend(
             Ok(Arc::new(backend))
         }
         BackendKind::Docker => {
+            let pull = match args.docker.docker_mode {
+                DockerMode::Pull => Some(runtime_pull_options(args, addr)?),
+                DockerMode::Attach => None,
+            };
             let config = DockerBackendConfig::from_args(
                 &args.docker,
                 args.runtime_env.vars(),
                 args.pool_size,
+                pull,
             )
             .map_err(|e| e.to_string())?;
             let backend = Arc::new(DockerBackend::new(config).map_err(|e| e.to_string())?);
@@ -219,6 +226,15 @@ fn pull_options(
     if args.runtime_api.runtime_mode != RuntimeMode::Pull {
         return Ok(None);
     }
+    runtime_pull_options(args, addr).map(Some)
+}
+
+/// Pull-mode settings of the process and Docker backends: runtimes reach this controller at
+/// POLYDEV_PUBLIC_URL (default: its own address), trusting POLYDEV_TLS_CA.
+fn runtime_pull_options(
+    args: &ServeArgs,
+    addr: std::net::SocketAddr,
+) -> Result<PullOptions, String> {
     let url = args
         .runtime_api
         .public_url(addr)
@@ -227,7 +243,7 @@ fn pull_options(
     options.controller_ca = args.runtime_api.tls_ca.clone();
     // A fetched job's token lives as long as the job may run, with a margin.
     options.job_ttl = args.max_execution_time + std::time::Duration::from_secs(60);
-    Ok(Some(options))
+    Ok(options)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -676,8 +676,10 @@ backend_suite! {
     process_pull_cold => |env| Box::pin(process(env, true, 0)),
     process_pull_warm => |env| Box::pin(process(env, true, 2)),
     // ---- Docker (POLYDEV_BACKEND=docker) ------------------------------------------------------
-    docker_cold => |env| Box::pin(docker(env, 0)),
-    docker_warm => |env| Box::pin(docker(env, 2)),
+    docker_cold => |env| Box::pin(docker(env, false, 0)),
+    docker_warm => |env| Box::pin(docker(env, false, 2)),
+    docker_pull_cold => |env| Box::pin(docker(env, true, 0)),
+    docker_pull_warm => |env| Box::pin(docker(env, true, 2)),
     // ---- Nomad (POLYDEV_BACKEND=nomad), against the fake Nomad -------------------------------
     nomad_cold => |env| Box::pin(nomad(env, 0)),
     nomad_warm => |env| Box::pin(nomad(env, 2)),
@@ -688,8 +690,9 @@ backend_suite! {
 // 127.0.0.1). Without a Docker engine or the pinned image they are skipped, except under
 // `CI=true`, where that is a failure (`polydev_test_support::docker`).
 
-/// The Docker backend with an initial warm pool of `pool_size`, under a unique instance name.
-async fn docker(env: Env, pool_size: usize) -> Option<Built> {
+/// The Docker backend in attach or pull mode (`POLYDEV_DOCKER_MODE`) with an initial warm
+/// pool of `pool_size`, under a unique instance name.
+async fn docker(env: Env, pull: bool, pool_size: usize) -> Option<Built> {
     use polydev_controller::backend::docker::{DEFAULT_IMAGE, DockerBackend, DockerBackendConfig};
     use polydev_test_support::docker as dt;
     let scope = tokio::task::spawn_blocking(|| {
@@ -733,6 +736,7 @@ async fn docker(env: Env, pool_size: usize) -> Option<Built> {
         ],
         pool_size,
         cancel_grace: Duration::from_secs(1),
+        pull: pull.then(|| PullOptions::new(format!("http://127.0.0.1:{}", env.controller.port()))),
         ..DockerBackendConfig::new()
     };
     let backend = Arc::new(DockerBackend::new(cfg).unwrap());

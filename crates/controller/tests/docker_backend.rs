@@ -13,7 +13,13 @@
 //! - an unreachable engine is a clear `unavailable` error, then `503` (in-process and through
 //!   the binary with `DOCKER_HOST`);
 //! - the binary killed with SIGKILL mid-stream and restarted: the leftover containers are
-//!   removed and the execution is recorded `failed`/`interrupted`.
+//!   removed and the execution is recorded `failed`/`interrupted`;
+//! - pull mode (`POLYDEV_DOCKER_MODE=pull`, host network, the controller on loopback): every
+//!   provider cold and warm, cancel (cold and warm), what `docker inspect` shows (no key, no
+//!   prompt, no token, no stdin, the token file mounted read-only, the labels for finding the
+//!   container again), a container killed mid-job, an out-of-memory kill, a container that
+//!   cannot reach the controller, and nothing left after shutdown (containers, token
+//!   directory); the binary with `POLYDEV_DOCKER_MODE=pull` (the wiring, the default URL).
 //!
 //! After every test no container of its instance is left (`docker ps -a`). Needs a Docker
 //! Engine: without one these tests print `SKIPPED …`, and fail under `CI=true`
@@ -34,9 +40,10 @@ use http_body_util::BodyExt;
 use polydev_controller::Controller;
 use polydev_controller::backend::Backend;
 use polydev_controller::backend::docker::{
-    DEFAULT_IMAGE, DockerBackend, DockerBackendConfig, LABEL_CONTROLLER, LABEL_EXECUTION,
-    LABEL_MANAGED, LABEL_ROLE,
+    DEFAULT_IMAGE, DockerBackend, DockerBackendConfig, DockerMode, LABEL_CONTROLLER,
+    LABEL_EXECUTION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_MODE, LABEL_ROLE, TOKEN_MOUNT,
 };
+use polydev_controller::backend::process::PullOptions;
 use polydev_controller::config::{ControllerConfig, Secret};
 use polydev_controller::store::Store;
 use polydev_protocol::Provider;
@@ -1007,4 +1014,528 @@ async fn a_restart_removes_what_a_killed_controller_left_and_records_it_interrup
         "the interrupted execution is named: {log}"
     );
     assert!(!log.contains(CANARY), "the key is in the controller's log");
+}
+
+// === pull mode (POLYDEV_DOCKER_MODE=pull) ===
+
+/// The controller over a pull-mode Docker backend: the listener is bound first, since the
+/// containers are told its URL (`CONTROLLER_URL`, plain HTTP on loopback: host network).
+async fn pull_stack(mut backend: DockerBackendConfig, config: ControllerConfig) -> Stack {
+    if let Ok(filter) = std::env::var("POLYDEV_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    backend.pull = Some(PullOptions::new(format!("http://{addr}")));
+    let instance = backend.instance.clone();
+    let backend = Arc::new(DockerBackend::new(backend).unwrap());
+    assert_eq!(backend.mode(), DockerMode::Pull);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("p.db")).unwrap();
+    let controller = Controller::new(config, backend.clone(), store);
+    let server = support::serve_bound(listener, None, controller);
+    Stack {
+        backend,
+        server,
+        instance,
+        _dir: dir,
+    }
+}
+
+/// Asserts what `docker inspect` shows of a running pull-mode container: no key, no prompt, no
+/// token (its value is read from the mounted file), no stdin, the token mounted read-only, and
+/// the labels a later controller needs to find it.
+async fn assert_pull_container(id: &str, token_dir: &Path) -> Value {
+    let v = inspect(id).await;
+    let text = v.to_string();
+    assert!(!text.contains(CANARY), "the key is in docker inspect {id}");
+    assert!(
+        !text.contains("Say hello"),
+        "the prompt is in docker inspect {id}"
+    );
+    let c = &v["Config"];
+    let h = &v["HostConfig"];
+    assert_eq!(c["OpenStdin"], false);
+    assert_eq!(c["AttachStdin"], false);
+    assert_eq!(c["User"], "65534:65534");
+    assert!(
+        c.get("Cmd")
+            .is_none_or(|cmd| cmd.is_null() || cmd == &json!([])),
+        "{c}"
+    );
+    assert_eq!(h["ReadonlyRootfs"], true);
+    assert_eq!(c["Labels"][LABEL_MODE], "pull");
+    let instance = c["Labels"][LABEL_INSTANCE].as_str().unwrap().to_owned();
+    assert!(!instance.is_empty());
+    let env: Vec<String> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert!(env.contains(&"WARM_POOL=true".to_owned()), "{env:?}");
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("CONTROLLER_URL=http://127.0.0.1:")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&format!("RUNTIME_TOKEN_FILE={TOKEN_MOUNT}")),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("RUNTIME_TOKEN=")),
+        "{env:?}"
+    );
+    let mounts = v["Mounts"].as_array().unwrap();
+    let token = mounts
+        .iter()
+        .find(|m| m["Destination"] == TOKEN_MOUNT)
+        .unwrap_or_else(|| panic!("no token mount: {mounts:?}"));
+    assert_eq!(token["RW"], false, "{token}");
+    let source = Path::new(token["Source"].as_str().unwrap());
+    assert!(
+        source.starts_with(token_dir),
+        "{source:?} not in {token_dir:?}"
+    );
+    // The token itself is only in that file (until the runtime starts reporting, when the
+    // controller deletes it).
+    if let Ok(secret) = std::fs::read_to_string(source) {
+        let secret = secret.trim();
+        assert!(
+            secret.starts_with(&format!("{instance}.")),
+            "token of another instance"
+        );
+        let hex = secret.rsplit_once('.').unwrap().1;
+        assert!(!text.contains(hex), "the token is in docker inspect {id}");
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_every_provider_streams_cold_and_warm_without_the_key_in_docker_inspect() {
+    let Some(scope) =
+        require("pull_mode_every_provider_streams_cold_and_warm_without_the_key_in_docker_inspect")
+    else {
+        return;
+    };
+    let (emu, env) = host_emulator().await;
+    let s = pull_stack(backend_config(&scope, "host", env), controller_config()).await;
+    let token_dir = s.backend.pull_dir().unwrap();
+    for p in Provider::ALL {
+        let id = stream_ok(s.addr(), p, 40).await;
+        let v = status(s.addr(), &id).await;
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert_eq!(v["warm"], false, "{v}");
+    }
+    wait_gone(&s.instance).await;
+
+    // A slow cold stream: what the engine shows of it, then cancel.
+    let (mut r, id) = open_stream(s.addr(), job(Provider::Google, "len400-rate20")).await;
+    until_text(&mut r).await;
+    let ids = ours(&s.instance).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let v = assert_pull_container(&ids[0], &token_dir).await;
+    assert_eq!(v["Config"]["Labels"][LABEL_ROLE], "cold");
+    assert_eq!(v["Config"]["Labels"][LABEL_EXECUTION], id);
+    assert_eq!(emu.status().open_streams, 1);
+    let del = send(
+        s.addr(),
+        Method::DELETE,
+        &format!("/v1/executions/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(del.status(), 200);
+    let rest = r.rest().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert_eq!(last.data["kind"], "cancelled", "{last:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "error").count(), 1);
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    wait_gone(&s.instance).await;
+    assert_eq!(status(s.addr(), &id).await["status"], "cancelled");
+
+    // Warm: idle means "has polled"; claims are served from the pool, which refills.
+    s.backend.set_pool_size(2).unwrap();
+    until("pool warm", || s.backend.pool_status().idle == 2).await;
+    for name in s.backend.idle_names() {
+        let v = assert_pull_container(&name, &token_dir).await;
+        assert_eq!(v["Config"]["Labels"][LABEL_ROLE], "warm");
+        assert!(v["Config"]["Labels"].get(LABEL_EXECUTION).is_none());
+    }
+    for p in Provider::ALL {
+        until("pool refilled", || s.backend.pool_status().idle >= 1).await;
+        let id = stream_ok(s.addr(), p, 40).await;
+        let v = status(s.addr(), &id).await;
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert_eq!(v["warm"], true, "{v}");
+    }
+    assert_eq!(s.backend.pool_status().hits, 3);
+    // A warm container cancelled mid-stream.
+    until("pool refilled", || s.backend.pool_status().idle >= 1).await;
+    let (mut r, id) = open_stream(s.addr(), job(Provider::OpenAi, "len400-rate20")).await;
+    until_text(&mut r).await;
+    let del = send(
+        s.addr(),
+        Method::DELETE,
+        &format!("/v1/executions/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(del.status(), 200);
+    let rest = r.rest().await;
+    assert_eq!(rest.last().unwrap().data["kind"], "cancelled", "{rest:?}");
+    assert_eq!(status(s.addr(), &id).await["warm"], true);
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    s.stop().await;
+    assert!(!token_dir.exists(), "the token directory outlived shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_a_container_killed_mid_job_ends_the_execution_clearly() {
+    let Some(scope) = require("pull_mode_a_container_killed_mid_job_ends_the_execution_clearly")
+    else {
+        return;
+    };
+    let (emu, env) = host_emulator().await;
+    let s = pull_stack(backend_config(&scope, "host", env), controller_config()).await;
+    let (mut r, id) = open_stream(s.addr(), job(Provider::Anthropic, "len400-rate20")).await;
+    until_text(&mut r).await;
+    let names = s.backend.container_names();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let out = cli(vec!["kill".into(), names[0].clone()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest = r.rest().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "error").count(), 1);
+    assert_eq!(last.data["kind"], "internal", "{last:?}");
+    assert_eq!(last.data["partial"], true, "{last:?}");
+    let msg = last.data["message"].as_str().unwrap();
+    // The report breaks with the container (usually seen first), or its exit is.
+    assert!(
+        msg.contains("vanished mid-job") || msg.contains("killed (SIGKILL)"),
+        "{msg}"
+    );
+    let v = status(s.addr(), &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    wait_gone(&s.instance).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_a_container_that_cannot_reach_the_controller_fails_its_launch_clearly() {
+    let Some(scope) =
+        require("pull_mode_a_container_that_cannot_reach_the_controller_fails_its_launch_clearly")
+    else {
+        return;
+    };
+    let (_emu, env) = host_emulator().await;
+    let mut cfg = backend_config(&scope, "host", env);
+    cfg.ready_timeout = Duration::from_secs(5);
+    // A loopback port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    cfg.pull = Some(PullOptions::new(url));
+    let s = stack(cfg, controller_config()).await;
+    let res = send(
+        s.addr(),
+        Method::POST,
+        "/v1/executions",
+        &[SSE],
+        Some(job(Provider::OpenAi, "len10")),
+    )
+    .await;
+    let mut r = SseReader::new(res);
+    let events = r.rest().await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    let text = last.data.to_string();
+    assert!(text.contains("did not fetch its job"), "{text}");
+    assert!(!r.raw.is_empty() && !String::from_utf8_lossy(&r.raw).contains(CANARY));
+    wait_gone(&s.instance).await;
+    s.stop().await;
+}
+
+// === a one-off measurement (issue 13 item 3), not run by default ===
+
+/// utime + stime of `pid` in clock ticks, if it still exists.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Pids of the processes named `comm`, with their command lines.
+fn processes(comm: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim() == comm {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// Streams `n` paced executions at once in `mode` and returns (ticks of dockerd + the
+/// containers' containerd-shims while they streamed, text events received then).
+async fn measure_mode(scope: &DockerScope, pull: bool, n: usize, knobs: &str) -> (u64, u64) {
+    let (_emu, env) = host_emulator().await;
+    let mut cfg = backend_config(scope, "host", env);
+    // The containers are the only work of the window: every stream starts cold, together.
+    cfg.pool_size = 0;
+    let config = ControllerConfig {
+        max_concurrency: n + 4,
+        max_per_user: n + 4,
+        queue_size: n + 4,
+        ..controller_config()
+    };
+    let s = if pull {
+        pull_stack(cfg, config).await
+    } else {
+        stack(cfg, config).await
+    };
+    // All at once, so that the window below covers most of every stream.
+    let addr = s.addr();
+    let readers = futures_util::future::join_all((0..n).map(|i| async move {
+        let p = Provider::ALL[i % Provider::ALL.len()];
+        let (mut r, _) = open_stream(addr, job(p, knobs)).await;
+        until_text(&mut r).await;
+        r
+    }))
+    .await;
+    // Every stream is flowing: the window starts.
+    let ids: Vec<String> = {
+        let out = cli(vec![
+            "ps".into(),
+            "-q".into(),
+            "--no-trunc".into(),
+            "--filter".into(),
+            format!("label={LABEL_CONTROLLER}={}", s.instance),
+        ])
+        .await;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let shims: Vec<u32> = processes("containerd-shim")
+        .into_iter()
+        .filter(|(_, cmd)| ids.iter().any(|id| cmd.contains(id.as_str())))
+        .map(|(pid, _)| pid)
+        .collect();
+    eprintln!(
+        "{} containers, {} of their shims found",
+        ids.len(),
+        shims.len()
+    );
+    let dockerd = processes("dockerd")[0].0;
+    let d0 = cpu_ticks(dockerd).unwrap();
+    // This process: the controller, but also the in-process emulator and the SSE clients
+    // (the same work in both modes, so only the difference says something).
+    let me = std::process::id();
+    let c0 = cpu_ticks(me).unwrap();
+    let start: Vec<(u32, u64)> = shims
+        .iter()
+        .filter_map(|p| cpu_ticks(*p).map(|t| (*p, t)))
+        .collect();
+    // The shims exit with their containers: sample them until then.
+    let last = Arc::new(std::sync::Mutex::new(start.clone()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (last, stop) = (Arc::clone(&last), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (pid, t) in last.lock().unwrap().iter_mut() {
+                    if let Some(now) = cpu_ticks(*pid) {
+                        *t = now;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut tokens = 0u64;
+    for mut r in readers {
+        let rest = r.rest().await;
+        assert_eq!(rest.last().unwrap().event, "end", "{rest:?}");
+        tokens += rest.iter().filter(|e| e.event == "text").count() as u64;
+    }
+    let d1 = cpu_ticks(dockerd).unwrap();
+    let c1 = cpu_ticks(me).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let shim_ticks: u64 = last
+        .lock()
+        .unwrap()
+        .iter()
+        .zip(&start)
+        .map(|((_, t1), (_, t0))| t1 - t0)
+        .sum();
+    eprintln!(
+        "{}: dockerd {} ticks, shims {shim_ticks} ticks, test process (controller + emulator + clients) {} ticks, {tokens} tokens",
+        if pull { "pull" } else { "attach" },
+        d1 - d0,
+        c1 - c0
+    );
+    s.stop().await;
+    (d1 - d0 + shim_ticks, tokens)
+}
+
+/// CPU of dockerd + containerd-shim per streamed token, attach vs pull mode: 20 paced streams
+/// each (docs/benchmarks-controller.md, "Docker attach vs pull"). One-off, by hand:
+/// `cargo test -p polydev-controller --test docker_backend -- --ignored --nocapture
+/// measure_engine_cpu_per_token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a one-off measurement, run by hand"]
+async fn measure_engine_cpu_per_token_attach_vs_pull() {
+    let Some(scope) = require("measure_engine_cpu_per_token_attach_vs_pull") else {
+        return;
+    };
+    let ticks_per_s = 100.0;
+    let knobs = std::env::var("MEASURE_KNOBS").unwrap_or_else(|_| "len600-rate30".into());
+    let rounds: usize = std::env::var("MEASURE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for round in 0..rounds {
+        for pull in [false, true] {
+            let (ticks, tokens) = measure_mode(&scope, pull, 20, &knobs).await;
+            let us = ticks as f64 / ticks_per_s * 1e6 / tokens.max(1) as f64;
+            eprintln!(
+                "round {round} {}: {ticks} ticks for {tokens} tokens = {us:.1} µs CPU per token",
+                if pull { "pull" } else { "attach" }
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_through_the_binary_streams_warm_and_cold_and_leaves_nothing() {
+    let Some(scope) =
+        require("pull_mode_through_the_binary_streams_warm_and_cold_and_leaves_nothing")
+    else {
+        return;
+    };
+    let (emu, _) = host_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let instance = scope.id().to_owned();
+    // No POLYDEV_PUBLIC_URL: runtimes are given the controller's own loopback address.
+    let mut env: Vec<(&str, String)> = vec![
+        ("POLYDEV_DOCKER_MODE", "pull".into()),
+        ("POLYDEV_DOCKER_NETWORK", "host".into()),
+        ("POLYDEV_DOCKER_INSTANCE", instance.clone()),
+        ("POLYDEV_POOL_SIZE", "1".into()),
+    ];
+    for p in Provider::ALL {
+        let (k, v) = base_url_env(p, &emu.base_url());
+        env.push((k, v));
+    }
+    let _sweep = Sweep(instance.clone());
+    let mut bin = Binary::start(&db, &env).await;
+    let deadline = Instant::now() + ENGINE_WAIT;
+    loop {
+        let res = send(bin.addr, Method::GET, "/v1/pool", &[], None).await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let pool: Value = serde_json::from_slice(&body).unwrap();
+        if pool["idle"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool never filled: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = ours(&instance).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let v = inspect(&left[0]).await;
+    assert_eq!(v["Config"]["Labels"][LABEL_MODE], "pull", "{v}");
+    assert_eq!(v["Config"]["OpenStdin"], false);
+    // The first takes the warm container, the second (while the pool refills) may go either way.
+    let id = stream_ok(bin.addr, Provider::Google, 30).await;
+    let v = status(bin.addr, &id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["warm"], true, "{v}");
+    let id = stream_ok(bin.addr, Provider::Anthropic, 30).await;
+    assert_eq!(status(bin.addr, &id).await["status"], "succeeded");
+    bin.sigterm_and_wait().await;
+    assert_eq!(
+        ours(&instance).await,
+        Vec::<String>::new(),
+        "left after shutdown"
+    );
+    let log = std::fs::read_to_string(db.with_extension("log")).unwrap();
+    assert!(!log.contains(CANARY), "the key is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_an_out_of_memory_kill_is_reported_from_the_engine() {
+    let Some(scope) = require("pull_mode_an_out_of_memory_kill_is_reported_from_the_engine") else {
+        return;
+    };
+    let (_emu, env) = host_emulator().await;
+    let mut cfg = backend_config(&scope, "host", env);
+    // As in attach mode: Docker's smallest limit and a 3 MiB prompt, here fetched over HTTP.
+    cfg.memory_bytes = 6 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    cfg.pull = Some(PullOptions::new(format!("http://{addr}")));
+    let instance = cfg.instance.clone();
+    let backend = Arc::new(DockerBackend::new(cfg).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(&dir.path().join("p.db")).unwrap();
+    let config = ControllerConfig {
+        max_body_bytes: 64 << 20,
+        ..controller_config()
+    };
+    let controller = Controller::new(config, backend.clone(), store);
+    let s = Stack {
+        backend,
+        server: support::serve_bound(listener, None, controller),
+        instance,
+        _dir: dir,
+    };
+    let mut j = job(Provider::Anthropic, "len10");
+    j["prompt"] = Value::String("a".repeat(3 << 20));
+    let (mut r, id) = open_stream(s.addr(), j).await;
+    let rest = r.rest().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert_eq!(rest.iter().filter(|e| e.event == "error").count(), 1);
+    assert_eq!(last.data["kind"], "internal", "{last:?}");
+    assert_eq!(last.data["partial"], false, "{last:?}");
+    let message = last.data["message"].as_str().unwrap().to_owned();
+    eprintln!("pull mode, out of memory: {message}");
+    // The engine's `State.OOMKilled` after the container's exit, or (engines that miss OOM
+    // kills, see the attach-mode test) the unexplained SIGKILL; a report cut by the kill, if
+    // the runtime got as far as opening it.
+    assert!(
+        message.contains("ran out of memory")
+            || message.contains("may have run out of memory")
+            || message.contains("vanished mid-job"),
+        "{last:?}"
+    );
+    let v = status(s.addr(), &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    wait_gone(&s.instance).await;
+    s.stop().await;
 }

@@ -182,8 +182,10 @@ impl Docker {
 
     /// `POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1` with
     /// `Upgrade: tcp`: the engine answers `101` and the connection becomes the container's
-    /// stdio. Attach before start so that no output is missed.
-    pub async fn attach(&self, id: &str) -> Result<AttachStream, DockerError> {
+    /// stdio. Attach before start so that no output is missed. With `stdin` unset (pull mode)
+    /// only stdout and stderr are attached: the connection closing then does nothing to the
+    /// container.
+    pub async fn attach(&self, id: &str, stdin: bool) -> Result<AttachStream, DockerError> {
         const WHAT: &str = "container attach";
         let work = async {
             let stream = self.connect().await?;
@@ -199,8 +201,9 @@ impl Docker {
             let req = Request::builder()
                 .method(Method::POST)
                 .uri(format!(
-                    "/containers/{}/attach?stream=1&stdin=1&stdout=1&stderr=1",
-                    encode(id)
+                    "/containers/{}/attach?stream=1&stdin={}&stdout=1&stderr=1",
+                    encode(id),
+                    u8::from(stdin)
                 ))
                 .header(header::HOST, "docker")
                 .header(header::CONNECTION, "Upgrade")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::super::BackendError;
 use super::spec::{self, CA_MOUNT};
+use crate::backend::process::PullOptions;
 use crate::config::DockerArgs;
 
 /// The engine socket when `DOCKER_HOST` is unset.
@@ -28,6 +29,19 @@ pub const DEFAULT_PIDS: u32 = 32;
 pub const DEFAULT_USER: &str = "65534:65534";
 /// The default instance name.
 pub const DEFAULT_INSTANCE: &str = "default";
+
+/// How Docker runtimes get their job and send their events (`POLYDEV_DOCKER_MODE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DockerMode {
+    /// The job is written on the container's attached stdin and the events are read from its
+    /// attached stdout: an execution's output depends on that connection to the controller.
+    #[default]
+    Attach,
+    /// Controller-pull mode (DESIGN.md 4.4): containers fetch their job from the runtime API
+    /// at `POLYDEV_PUBLIC_URL` with a per-container token (a read-only bind-mounted file) and
+    /// post their events back, so that they do not depend on an attach connection.
+    Pull,
+}
 /// How the Docker backend runs runtimes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerBackendConfig {
@@ -72,6 +86,10 @@ pub struct DockerBackendConfig {
     pub max_concurrent_starts: usize,
     /// Longest wait between warm starts after repeated failures.
     pub start_backoff_max: Duration,
+    /// Controller-pull mode (`POLYDEV_DOCKER_MODE=pull`) when set: the runtime API URL the
+    /// containers are given, the CA they must trust for it, and the token lifetimes. `None`:
+    /// attach mode.
+    pub pull: Option<PullOptions>,
 }
 
 impl DockerBackendConfig {
@@ -98,15 +116,26 @@ impl DockerBackendConfig {
             output_buffer: 256,
             max_concurrent_starts: 4,
             start_backoff_max: Duration::from_secs(30),
+            pull: None,
         }
     }
 
-    /// The configuration the command line and environment describe.
+    /// The configuration the command line and environment describe. `pull`: the pull-mode
+    /// options, required when `args` says `POLYDEV_DOCKER_MODE=pull` and ignored otherwise.
     pub fn from_args(
         args: &DockerArgs,
         env: Vec<(String, String)>,
         pool_size: usize,
+        pull: Option<PullOptions>,
     ) -> Result<DockerBackendConfig, BackendError> {
+        let pull = match args.docker_mode {
+            DockerMode::Attach => None,
+            DockerMode::Pull => Some(pull.ok_or_else(|| {
+                BackendError::Unavailable(
+                    "POLYDEV_DOCKER_MODE=pull needs POLYDEV_PUBLIC_URL (the URL runtimes use to reach this controller)".into(),
+                )
+            })?),
+        };
         let socket = socket_from_docker_host(args.docker_host.as_deref())
             .map_err(BackendError::Unavailable)?;
         let network = args.docker_network.trim().to_owned();
@@ -121,8 +150,18 @@ impl DockerBackendConfig {
             pids_limit: args.docker_pids,
             cpus: args.docker_cpus,
             pool_size,
+            pull,
             ..DockerBackendConfig::new()
         })
+    }
+
+    /// Attach or pull.
+    pub fn mode(&self) -> DockerMode {
+        if self.pull.is_some() {
+            DockerMode::Pull
+        } else {
+            DockerMode::Attach
+        }
     }
 }
 
@@ -296,6 +335,37 @@ mod tests {
         let e = socket_from_docker_host(Some("tcp://10.0.0.1:2375")).unwrap_err();
         assert!(e.contains("unix socket only"), "{e}");
         assert!(socket_from_docker_host(Some("unix://relative")).is_err());
+    }
+
+    #[test]
+    fn the_mode_is_attach_unless_pull_is_asked_for_with_a_url() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["polydev-controller"];
+            argv.extend_from_slice(args);
+            crate::config::Cli::try_parse_from(argv).unwrap()
+        };
+        let cli = parse(&[]);
+        assert_eq!(cli.serve.docker.docker_mode, DockerMode::Attach);
+        let c = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, None).unwrap();
+        assert_eq!(c.mode(), DockerMode::Attach);
+        // Pull options given for another backend's sake do not switch attach mode to pull.
+        let opts = PullOptions::new("http://127.0.0.1:8080");
+        let c = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, Some(opts.clone()))
+            .unwrap();
+        assert!(c.pull.is_none());
+        let cli = parse(&["--docker-mode", "pull"]);
+        assert_eq!(cli.serve.docker.docker_mode, DockerMode::Pull);
+        let c = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, Some(opts.clone()))
+            .unwrap();
+        assert_eq!(c.mode(), DockerMode::Pull);
+        assert_eq!(c.pull, Some(opts));
+        let e = DockerBackendConfig::from_args(&cli.serve.docker, vec![], 0, None).unwrap_err();
+        assert!(e.to_string().contains("POLYDEV_PUBLIC_URL"), "{e}");
+        assert!(
+            crate::config::Cli::try_parse_from(["polydev-controller", "--docker-mode", "stdin"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -40,12 +40,21 @@
 //!   good (the runtime has exited or is exiting), and labels cannot say whether a warm
 //!   container was already claimed, so adopting one could hand out a runtime that is running
 //!   someone else's job.
+//! - **Pull mode** (`POLYDEV_DOCKER_MODE=pull`, `pull.rs`): containers get no stdin; they
+//!   fetch their job from the controller's runtime API with a per-container token (a read-only
+//!   bind-mounted file, never env) and post their events back, like the process backend's pull
+//!   mode and Nomad, with the same shared registry and tokens (`backend/pull.rs`). Nothing of
+//!   an execution then rides on a connection to the engine, the precondition for adopting
+//!   containers after a controller restart; they are labelled for it (`io.polydev.mode`,
+//!   `io.polydev.instance`, and `io.polydev.execution` for cold ones). Adoption itself is not
+//!   done here yet: start-up still removes a previous run's containers.
 //! - **An unreachable engine** is reported as [`BackendError::Unavailable`] naming the socket
 //!   and what to check; the controller then answers `503 unavailable` for a few seconds
 //!   instead of queueing work it cannot run.
 
 mod api;
 mod config;
+mod pull;
 mod spec;
 mod stream;
 mod supervisor;
@@ -67,20 +76,23 @@ use tokio::time::Instant;
 pub use api::{ContainerState, DockerError};
 pub use config::{
     DEFAULT_IMAGE, DEFAULT_INSTANCE, DEFAULT_MEMORY, DEFAULT_NETWORK, DEFAULT_PIDS, DEFAULT_SOCKET,
-    DEFAULT_USER, DockerBackendConfig, MIN_MEMORY, socket_from_docker_host,
+    DEFAULT_USER, DockerBackendConfig, DockerMode, MIN_MEMORY, socket_from_docker_host,
 };
 pub use spec::{
-    CA_MOUNT, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_MANAGED, LABEL_ROLE, LABEL_SESSION,
+    CA_MOUNT, LABEL_CONTROLLER, LABEL_EXECUTION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_MODE,
+    LABEL_ROLE, LABEL_SESSION, TOKEN_MOUNT,
 };
 
 use self::api::{AttachStream, Docker};
 use self::config::Prepared;
-use self::spec::{ContainerSpec, Role};
+use self::pull::{DockerPull, PullLink};
+use self::spec::{ContainerSpec, Pulled, Role};
 use self::stream::AttachReader;
 use self::supervisor::{Claim, Supervisor};
 use super::pool::{
     DeathNotice, PoolConfig, PoolCounters, Replenish, WarmInstance, WarmPool, WarmStarter,
 };
+use super::pull::InstanceId;
 use super::{Backend, BackendError, CancelHandle, Instance, PoolStatus, job_line};
 use crate::store::Store;
 
@@ -171,6 +183,8 @@ pub(crate) struct Common {
     shutdown: watch::Sender<bool>,
     network_ready: tokio::sync::OnceCell<()>,
     seq: AtomicU64,
+    /// Pull mode (`POLYDEV_DOCKER_MODE=pull`): the registry, tokens and private directory.
+    pull: Option<Arc<DockerPull>>,
 }
 
 impl DockerBackend {
@@ -183,10 +197,25 @@ impl DockerBackend {
             BackendError::Unavailable("the Docker backend needs a tokio runtime".into())
         })?;
         let Prepared {
-            env,
-            binds,
+            mut env,
+            mut binds,
             nano_cpus,
         } = config.prepare()?;
+        let pull = match &config.pull {
+            Some(options) => {
+                let pull = DockerPull::new(options, &config)?;
+                env.retain(|e| !e.starts_with("CONTROLLER_URL="));
+                env.push(format!("CONTROLLER_URL={}", pull.url));
+                if let Some(ca) = &pull.ca_bundle {
+                    binds.retain(|b| !b.ends_with(&format!(":{CA_MOUNT}:ro")));
+                    binds.push(format!("{}:{CA_MOUNT}:ro", ca.display()));
+                    env.retain(|e| !e.starts_with("EXTRA_CA_CERTS="));
+                    env.push(format!("EXTRA_CA_CERTS={CA_MOUNT}"));
+                }
+                Some(Arc::new(pull))
+            }
+            None => None,
+        };
         let session = new_session_id();
         let mut labels: BTreeMap<String, String> = config.extra_labels.iter().cloned().collect();
         labels.insert(LABEL_MANAGED.into(), "true".into());
@@ -212,6 +241,7 @@ impl DockerBackend {
             shutdown,
             network_ready: tokio::sync::OnceCell::new(),
             seq: AtomicU64::new(0),
+            pull,
         });
         let (recovery_tx, recovery) = watch::channel(None);
         runtime.spawn(startup(Arc::clone(&common), recovery_tx));
@@ -229,6 +259,20 @@ impl DockerBackend {
     /// The configuration in use.
     pub fn config(&self) -> &DockerBackendConfig {
         &self.common.config
+    }
+
+    /// Attach or pull.
+    pub fn mode(&self) -> DockerMode {
+        self.common.config.mode()
+    }
+
+    /// Pull mode: the private directory holding the containers' token files (and the CA
+    /// bundle), for diagnostics and tests.
+    pub fn pull_dir(&self) -> Option<std::path::PathBuf> {
+        self.common
+            .pull
+            .as_ref()
+            .map(|p| p.dir_path().to_path_buf())
     }
 
     /// This process's session id (label `io.polydev.session` of its containers).
@@ -269,6 +313,9 @@ impl DockerBackend {
         let started = Instant::now();
         if self.pool.is_closed() {
             return Err(BackendError::ShuttingDown);
+        }
+        if let Some(pull) = &self.common.pull {
+            return self.launch_pull(pull, job, started).await;
         }
         let key = job.credentials.api_key.clone();
         let execution_id = job.execution_id.clone();
@@ -327,9 +374,10 @@ impl DockerBackend {
         retry_if_silent: bool,
         replenish: &mut Replenish<'_, DockerStarter>,
     ) -> HandOver {
-        let DockerIdle {
-            mut stdin, claim, ..
-        } = idle;
+        let DockerIdle { stdin, claim, .. } = idle;
+        let Some(mut stdin) = stdin else {
+            return HandOver::Dead { took_job: false };
+        };
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
         let (cancel, cancel_rx) = CancelHandle::new();
         let (accepted, accepted_rx) = oneshot::channel();
@@ -378,12 +426,15 @@ impl DockerBackend {
         started: Instant,
     ) -> Result<Instance, BackendError> {
         let role = Role::Cold { execution_id };
-        let container = start_container(&self.common, &role).await?;
+        let container = start_container(&self.common, &role, None).await?;
         let Started {
             guard,
             reader,
-            mut stdin,
+            stdin,
         } = container;
+        let Some(mut stdin) = stdin else {
+            return Err(BackendError::Launch("no stdin attached".into()));
+        };
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
         let (cancel, cancel_rx) = CancelHandle::new();
         let mut supervisor = Supervisor::new(Arc::clone(&self.common), guard, reader);
@@ -415,6 +466,10 @@ impl DockerBackend {
     }
 
     async fn shutdown_inner(&self) {
+        // Pull mode: every poll still waiting is told that no job will come (410).
+        if let Some(pull) = &self.common.pull {
+            pull.registry.close();
+        }
         // No more refills; idle containers are released (their supervisors remove them).
         drop(self.pool.close());
         // Every supervisor (including ones starting right now) stops its container: SIGTERM,
@@ -448,6 +503,9 @@ impl DockerBackend {
                 tracing::warn!(error = %e, "docker backend: cannot list containers at shutdown")
             }
         }
+        if let Some(pull) = &self.common.pull {
+            pull.close();
+        }
     }
 }
 
@@ -470,6 +528,10 @@ impl Backend for DockerBackend {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.shutdown_inner())
+    }
+
+    fn runtime_api(&self) -> Option<super::pull::RuntimeApi> {
+        self.common.pull.as_ref().map(|p| p.api())
     }
 }
 
@@ -634,16 +696,30 @@ fn unavailable(e: DockerError) -> BackendError {
 struct Started {
     guard: ContainerGuard,
     reader: AttachReader<tokio::io::ReadHalf<AttachStream>>,
-    stdin: WriteHalf<AttachStream>,
+    /// Attach mode only.
+    stdin: Option<WriteHalf<AttachStream>>,
 }
 
 /// Create → attach → start (attaching before start misses no output). On any failure the
-/// guard removes what was created.
-async fn start_container(common: &Arc<Common>, role: &Role<'_>) -> Result<Started, BackendError> {
+/// guard removes what was created. `link`: pull mode's instance (token file, id), whose
+/// container gets no stdin.
+async fn start_container(
+    common: &Arc<Common>,
+    role: &Role<'_>,
+    link: Option<&PullLink>,
+) -> Result<Started, BackendError> {
     let t0 = Instant::now();
     common.ensure_network().await?;
     let mut guard = ContainerGuard::enter(common, common.next_name(role))?;
-    let body = spec::container_body(&common.spec(), role);
+    let token_file = link.map(|l| l.token_file.to_string_lossy().into_owned());
+    let pulled = match (link, &token_file) {
+        (Some(l), Some(file)) => Some(Pulled {
+            instance: l.id.as_str(),
+            token_file: file,
+        }),
+        _ => None,
+    };
+    let body = spec::container_body(&common.spec(), role, pulled.as_ref());
     let id = match common.docker.create_container(guard.name(), &body).await {
         Ok(id) => id,
         Err(e) => {
@@ -659,7 +735,7 @@ async fn start_container(common: &Arc<Common>, role: &Role<'_>) -> Result<Starte
     let created = t0.elapsed();
     let stream = common
         .docker
-        .attach(guard.target())
+        .attach(guard.target(), link.is_none())
         .await
         .map_err(unavailable)?;
     common
@@ -678,7 +754,7 @@ async fn start_container(common: &Arc<Common>, role: &Role<'_>) -> Result<Starte
     Ok(Started {
         guard,
         reader: AttachReader::new(read, common.config.max_line_bytes, keep),
-        stdin: write,
+        stdin: link.is_none().then_some(write),
     })
 }
 
@@ -835,11 +911,12 @@ impl Drop for ContainerGuard {
 // The warm pool's instances.
 
 /// An idle warm container, as the pool holds it: its stdin (the attach connection's write
-/// side) and the way to tell its supervisor about a claim. Dropping it makes the supervisor
-/// remove the container.
+/// side; pull mode: its runtime-API instance id instead) and the way to tell its supervisor
+/// about a claim. Dropping it makes the supervisor remove the container.
 struct DockerIdle {
     name: String,
-    stdin: WriteHalf<AttachStream>,
+    stdin: Option<WriteHalf<AttachStream>>,
+    instance: Option<InstanceId>,
     claim: oneshot::Sender<Claim>,
     alive: Arc<AtomicBool>,
 }
@@ -864,21 +941,30 @@ impl WarmStarter for DockerStarter {
 }
 
 async fn start_warm(common: Arc<Common>, notice: DeathNotice) -> Result<DockerIdle, BackendError> {
+    // Pull mode: registered idle, with a token valid for its idle lifetime. On an error the
+    // link is dropped: token, file and slot go with it.
+    let link = match &common.pull {
+        Some(pull) => Some(pull.new_instance(None, pull.idle_token_ttl())?),
+        None => None,
+    };
     let Started {
         guard,
         reader,
         stdin,
-    } = start_container(&common, &Role::Warm).await?;
+    } = start_container(&common, &Role::Warm, link.as_ref()).await?;
     let name = guard.name().to_owned();
+    let instance = link.as_ref().map(|l| l.id.clone());
     let (ready_tx, ready_rx) = oneshot::channel();
     let (claim, claim_rx) = oneshot::channel();
     let alive = Arc::new(AtomicBool::new(true));
-    let supervisor = Supervisor::new(common, guard, reader);
+    let mut supervisor = Supervisor::new(common, guard, reader);
+    supervisor.pull = link;
     tokio::spawn(supervisor.warm(ready_tx, claim_rx, Arc::clone(&alive), notice));
     match ready_rx.await {
         Ok(Ok(())) => Ok(DockerIdle {
             name,
             stdin,
+            instance,
             claim,
             alive,
         }),

@@ -12,7 +12,17 @@
 //! answers never land in the engine's log files.
 //!
 //! The job (credential included) is never part of any of this: containers get non-secret
-//! settings as env, and the job only through the attached stdin.
+//! settings as env, and the job only through the attached stdin (attach mode) or from the
+//! authenticated runtime API (pull mode).
+//!
+//! Pull mode adds one more read-only bind mount: the container's own runtime-API token, a file
+//! at [`TOKEN_MOUNT`] (`RUNTIME_TOKEN_FILE`). A file rather than `RUNTIME_TOKEN` in the env
+//! because the env of a container is shown by `docker inspect` (and kept in the engine's
+//! container config on disk) for the container's whole life, while a bind mount shows only
+//! the host path of a file in the controller's private 0700 directory, readable by the
+//! container's user and nobody else on the host. It is a `Mounts` entry, not a `Binds` one, so
+//! that a file already gone makes the start fail instead of the engine creating a directory in
+//! its place.
 
 use std::collections::BTreeMap;
 
@@ -29,8 +39,25 @@ pub const LABEL_ROLE: &str = "io.polydev.role";
 /// The execution a cold container runs (warm containers learn theirs only on stdin).
 pub const LABEL_EXECUTION: &str = "io.polydev.execution";
 
+/// Pull mode: the runtime-API instance id of the container (how a later controller finds the
+/// container again, with [`LABEL_EXECUTION`] for cold ones).
+pub const LABEL_INSTANCE: &str = "io.polydev.instance";
+/// `attach` or `pull`: how the container gets its job.
+pub const LABEL_MODE: &str = "io.polydev.mode";
+
 /// Where the operator's `EXTRA_CA_CERTS` file is mounted (read-only) inside containers.
 pub const CA_MOUNT: &str = "/etc/polydev/extra-ca.pem";
+/// Pull mode: where the container's token file is mounted (read-only).
+pub const TOKEN_MOUNT: &str = "/run/polydev/token";
+
+/// Pull mode's per-container part of the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Pulled<'a> {
+    /// The runtime-API instance id (label [`LABEL_INSTANCE`]).
+    pub instance: &'a str,
+    /// The host path of the token file, mounted read-only at [`TOKEN_MOUNT`].
+    pub token_file: &'a str,
+}
 
 /// The kind of container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +87,14 @@ pub struct ContainerSpec<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-/// The `POST /containers/create` body.
-pub fn container_body(spec: &ContainerSpec<'_>, role: &Role<'_>) -> Value {
+/// The `POST /containers/create` body. With `pulled` (pull mode) every container runs in
+/// warm mode (`WARM_POOL=true`; the env then also holds `CONTROLLER_URL`, from the backend)
+/// with its token file mounted and no stdin; a cold one differs only by its labels.
+pub fn container_body(
+    spec: &ContainerSpec<'_>,
+    role: &Role<'_>,
+    pulled: Option<&Pulled<'_>>,
+) -> Value {
     let mut labels = spec.labels.clone();
     let mut env: Vec<String> = spec.env.to_vec();
     let cmd: Vec<&str> = match role {
@@ -75,9 +108,32 @@ pub fn container_body(spec: &ContainerSpec<'_>, role: &Role<'_>) -> Value {
             if let Some(id) = execution_id {
                 labels.insert(LABEL_EXECUTION.into(), (*id).to_owned());
             }
-            vec!["run", "--job", "-"]
+            if pulled.is_some() {
+                env.push("WARM_POOL=true".into());
+                Vec::new()
+            } else {
+                vec!["run", "--job", "-"]
+            }
         }
     };
+    let mut mounts = Vec::new();
+    match pulled {
+        Some(p) => {
+            labels.insert(LABEL_MODE.into(), "pull".into());
+            labels.insert(LABEL_INSTANCE.into(), p.instance.to_owned());
+            env.push(format!("RUNTIME_TOKEN_FILE={TOKEN_MOUNT}"));
+            mounts.push(json!({
+                "Type": "bind",
+                "Source": p.token_file,
+                "Target": TOKEN_MOUNT,
+                "ReadOnly": true,
+            }));
+        }
+        None => {
+            labels.insert(LABEL_MODE.into(), "attach".into());
+        }
+    }
+    let stdin = pulled.is_none();
     let memory = i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX);
     let nofile = i64::try_from(spec.nofile).unwrap_or(1024);
     let mut host = json!({
@@ -93,6 +149,7 @@ pub fn container_body(spec: &ContainerSpec<'_>, role: &Role<'_>) -> Value {
         "PidMode": "",
         "NetworkMode": spec.network,
         "Binds": spec.binds,
+        "Mounts": mounts,
         "AutoRemove": false,
         "RestartPolicy": {"Name": "no"},
         "LogConfig": {"Type": "none", "Config": {}},
@@ -106,11 +163,11 @@ pub fn container_body(spec: &ContainerSpec<'_>, role: &Role<'_>) -> Value {
         "User": spec.user,
         "Env": env,
         "Labels": labels,
-        "AttachStdin": true,
+        "AttachStdin": stdin,
         "AttachStdout": true,
         "AttachStderr": true,
-        "OpenStdin": true,
-        "StdinOnce": true,
+        "OpenStdin": stdin,
+        "StdinOnce": stdin,
         "Tty": false,
         "NetworkDisabled": false,
         "HostConfig": host,
@@ -176,7 +233,7 @@ mod tests {
     fn containers_are_hardened() {
         let env = vec!["OUTPUT=ndjson".to_owned()];
         let labels = labels();
-        let body = container_body(&spec(&env, &labels), &Role::Warm);
+        let body = container_body(&spec(&env, &labels), &Role::Warm, None);
         let h = &body["HostConfig"];
         assert_eq!(h["ReadonlyRootfs"], true);
         assert_eq!(h["CapDrop"], json!(["ALL"]));
@@ -214,11 +271,68 @@ mod tests {
             &Role::Cold {
                 execution_id: Some("ex_1"),
             },
+            None,
         );
         assert_eq!(body["Cmd"], json!(["run", "--job", "-"]));
         assert_eq!(body["Labels"][LABEL_EXECUTION], "ex_1");
         assert_eq!(body["Labels"][LABEL_ROLE], "cold");
         assert_eq!(body["HostConfig"]["NanoCpus"], 500_000_000);
+    }
+
+    #[test]
+    fn pull_mode_mounts_the_token_read_only_and_opens_no_stdin() {
+        let env = vec![
+            "OUTPUT=ndjson".to_owned(),
+            "CONTROLLER_URL=https://c.example".to_owned(),
+        ];
+        let labels = labels();
+        let pulled = Pulled {
+            instance: "i-1",
+            token_file: "/tmp/polydev-runtime-api-x/i-1.token",
+        };
+        for role in [
+            Role::Warm,
+            Role::Cold {
+                execution_id: Some("ex_2"),
+            },
+        ] {
+            let body = container_body(&spec(&env, &labels), &role, Some(&pulled));
+            assert!(body.get("Cmd").is_none(), "{body}");
+            assert_eq!(body["OpenStdin"], false);
+            assert_eq!(body["AttachStdin"], false);
+            assert_eq!(body["StdinOnce"], false);
+            assert_eq!(body["Labels"][LABEL_MODE], "pull");
+            assert_eq!(body["Labels"][LABEL_INSTANCE], "i-1");
+            assert_eq!(
+                body["HostConfig"]["Mounts"],
+                json!([{
+                    "Type": "bind",
+                    "Source": "/tmp/polydev-runtime-api-x/i-1.token",
+                    "Target": TOKEN_MOUNT,
+                    "ReadOnly": true,
+                }])
+            );
+            let env = body["Env"].as_array().unwrap();
+            assert!(env.contains(&json!("WARM_POOL=true")), "{env:?}");
+            assert!(
+                env.contains(&json!(format!("RUNTIME_TOKEN_FILE={TOKEN_MOUNT}"))),
+                "{env:?}"
+            );
+            assert!(
+                !env.iter()
+                    .any(|e| e.as_str().unwrap().starts_with("RUNTIME_TOKEN=")),
+                "{env:?}"
+            );
+            assert_eq!(body["HostConfig"]["ReadonlyRootfs"], true);
+        }
+        let cold = container_body(
+            &spec(&env, &labels),
+            &Role::Cold {
+                execution_id: Some("ex_2"),
+            },
+            Some(&pulled),
+        );
+        assert_eq!(cold["Labels"][LABEL_EXECUTION], "ex_2");
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //!
 //! Warm containers start in [`Supervisor::warm`]: wait for `ready`, then for a claim while
 //! watching for death, exactly like a warm process.
+//!
+//! Pull mode (`pull.rs`): the events come from the instance's registry feed instead of
+//! stdout (which then carries only `ready`, ignored); a warm container is ready once it has
+//! polled, and is retired after its idle lifetime; the loop runs until both the attach stream
+//! (the container's exit) and the feed (the report) ended, with a grace for the other once one
+//! has, and `Exited` still comes last.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +33,7 @@ use tokio::time::Instant;
 use super::super::pool::DeathNotice;
 use super::super::{BackendError, ExitInfo, InstanceOutput};
 use super::api::{AttachStream, ContainerState};
+use super::pull::PullLink;
 use super::stream::{AttachReader, Line, Tail};
 use super::{Common, ContainerGuard};
 use crate::backend::text::{garbage_text, line_output, parse_event, render_tail};
@@ -48,6 +55,8 @@ enum NotClaimed {
     /// The pool dropped it (resize, close, or its start was abandoned).
     Released,
     Shutdown,
+    /// Pull mode: it waited its whole idle lifetime (its token is about to expire).
+    Retired,
     /// It failed before or while idle (exited, garbage, no `ready` in time).
     Failed(String),
 }
@@ -71,6 +80,8 @@ pub(super) struct Supervisor {
     accepted: Option<oneshot::Sender<()>>,
     /// A silent death of this claimed container lets the launch retry elsewhere.
     retry_if_silent: bool,
+    /// Pull mode: the container's registry slot, token and event feed.
+    pub pull: Option<PullLink>,
 }
 
 impl Supervisor {
@@ -93,7 +104,13 @@ impl Supervisor {
             key: None,
             accepted: None,
             retry_if_silent: false,
+            pull: None,
         }
+    }
+
+    /// Pull mode: the event feed is still open.
+    fn feed_open(&self) -> bool {
+        self.pull.as_ref().is_some_and(|p| p.feed_open)
     }
 
     fn grace(&self) -> Duration {
@@ -142,8 +159,16 @@ impl Supervisor {
     ) {
         let deadline = Instant::now() + self.common.config.ready_timeout;
         let mut ready = Some(ready);
+        // Pull mode: "ready" means it has polled the runtime API (so it can reach the
+        // controller and its token works), not that it printed `ready`. Once idle, it waits at
+        // most its idle lifetime, within which its token stays valid.
+        let pull_mode = self.pull.is_some();
+        let mut polled = self.pull.as_mut().and_then(|p| p.polled.take());
+        let max_idle = self.common.pull.as_ref().map(|p| p.max_idle);
+        let mut idle_until: Option<Instant> = None;
         let outcome: Result<Claim, NotClaimed> = loop {
             let waiting_ready = ready.is_some();
+            let waiting_poll = waiting_ready && polled.is_some();
             tokio::select! {
                 biased;
                 c = &mut claim_rx => break c.map_err(|_| NotClaimed::Released),
@@ -152,13 +177,31 @@ impl Supervisor {
                     break Err(NotClaimed::Shutdown);
                 }
                 _ = tokio::time::sleep_until(deadline), if waiting_ready => {
-                    break Err(NotClaimed::Failed("no ready event in time".into()));
+                    let what = if pull_mode { "no poll of the runtime API in time (can it reach the controller?)" } else { "no ready event in time" };
+                    break Err(NotClaimed::Failed(what.into()));
+                }
+                r = recv_polled(&mut polled), if waiting_poll => {
+                    polled = None;
+                    // An error means the slot is gone: the stream's end says why.
+                    if r.is_ok() {
+                        idle_until = max_idle.map(|d| Instant::now() + d);
+                        if let Some(tx) = ready.take()
+                            && tx.send(Ok(())).is_err()
+                        {
+                            break Err(NotClaimed::Released);
+                        }
+                    }
+                }
+                _ = sleep_opt(idle_until), if !waiting_ready && idle_until.is_some() => {
+                    break Err(NotClaimed::Retired);
                 }
                 line = self.reader.next() => match line {
                     Ok(Line::Data(bytes)) => {
                         let parsed = parse_event(&bytes);
                         if matches!(parsed, Ok(Some(Event::Ready))) {
-                            if let Some(tx) = ready.take()
+                            // Pull mode: readiness is the first poll, above.
+                            if !pull_mode
+                                && let Some(tx) = ready.take()
                                 && tx.send(Ok(())).is_err()
                             {
                                 break Err(NotClaimed::Released);
@@ -208,6 +251,10 @@ impl Supervisor {
                 let reason = match why {
                     NotClaimed::Released => "released".to_owned(),
                     NotClaimed::Shutdown => "shutdown".to_owned(),
+                    NotClaimed::Retired => {
+                        notice.notify();
+                        "idle lifetime over".to_owned()
+                    }
                     NotClaimed::Failed(why) => {
                         let tail = self.reader.take_tail();
                         let stderr = render_tail(tail, None, 300);
@@ -231,6 +278,10 @@ impl Supervisor {
                 tracing::debug!(container = %self.guard.name(), %reason,
                     "docker backend: warm container leaves the pool");
                 // An idle runtime holds no upstream connection and no job: SIGKILL and remove.
+                // (Pull mode: its token and slot go first.)
+                if let Some(pull) = &mut self.pull {
+                    pull.revoke();
+                }
                 self.guard.remove_logged().await;
             }
         }
@@ -252,10 +303,19 @@ impl Supervisor {
         let mut pending: Option<InstanceOutput> = None;
         // After an over-long line: the rest of the output is not trusted.
         let mut discard = false;
-        while self.stream_open {
+        let pull_mode = self.pull.is_some();
+        // Pull mode: when the stream (the container) and the feed (the report) ended.
+        let mut stream_end: Option<Instant> = None;
+        let mut feed_end: Option<Instant> = None;
+        while self.stream_open || self.feed_open() {
             let kill_at = self.term_sent.map(|t| t + grace);
             // A stream still open well after SIGKILL: the engine lost track; stop reading.
             let give_up_at = self.killed_at.map(|t| t + grace * 2);
+            // Pull mode: a report still open after the container exited is cut off; a
+            // container still running after its report ended is stopped.
+            let feed_give_up_at = stream_end.map(|t| t + grace);
+            let linger_at = feed_end.map(|t| t + grace);
+            let feed_open = self.feed_open();
             tokio::select! {
                 biased;
                 r = recv_cancel(&mut cancel) => {
@@ -272,10 +332,34 @@ impl Supervisor {
                 _ = sleep_opt(kill_at), if self.killed_at.is_none() => {
                     self.kill(&format!("still running {grace:?} after SIGTERM"));
                 }
-                _ = sleep_opt(give_up_at) => {
+                _ = sleep_opt(give_up_at), if self.stream_open => {
                     self.notes.push("the attach stream stayed open after SIGKILL".into());
                     self.stream_open = false;
+                    stream_end = Some(Instant::now());
                 }
+                _ = sleep_opt(feed_give_up_at), if feed_open => {
+                    if let Some(pull) = &mut self.pull {
+                        pull.close_feed();
+                    }
+                    self.notes.push("event report still open after the container exited".into());
+                }
+                _ = sleep_opt(linger_at), if self.stream_open && self.term_sent.is_none() => {
+                    self.terminate("still running after its report ended");
+                }
+                // Pull mode: the events the runtime reports over the runtime API.
+                item = recv_feed(&mut self.pull), if feed_open && pending.is_none() => match item {
+                    Some(item) => {
+                        if !discard && out.is_some() {
+                            pending = Some(item);
+                        }
+                    }
+                    None => {
+                        if let Some(pull) = &mut self.pull {
+                            pull.close_feed();
+                        }
+                        feed_end = Some(Instant::now());
+                    }
+                },
                 open = has_capacity(&out), if pending.is_some() => match (open, &out, pending.take()) {
                     (true, Some(tx), Some(item)) => {
                         // This task is the channel's only sender: the capacity is still there.
@@ -292,12 +376,13 @@ impl Supervisor {
                     out = None;
                     self.terminate("output dropped");
                 }
-                line = self.reader.next(), if pending.is_none() => match line {
+                line = self.reader.next(), if self.stream_open && pending.is_none() => match line {
                     Ok(Line::Data(bytes)) => {
                         if let Some(accepted) = self.accepted.take() {
                             let _ = accepted.send(());
                         }
-                        if discard || out.is_none() {
+                        // Pull mode: stdout carries only `ready`; events come from the feed.
+                        if discard || out.is_none() || pull_mode {
                             continue;
                         }
                         pending = line_output(&bytes, self.key.as_ref());
@@ -314,10 +399,19 @@ impl Supervisor {
                         discard = true;
                         self.kill("output line too long");
                     }
-                    Ok(Line::Eof) => self.stream_open = false,
+                    Ok(Line::Eof) => {
+                        self.stream_open = false;
+                        stream_end = Some(Instant::now());
+                        // Pull mode: the container is gone, so no new request may come from it;
+                        // a report in progress keeps its own end of the feed.
+                        if let Some(pull) = &mut self.pull {
+                            pull.revoke();
+                        }
+                    }
                     Err(e) => {
                         self.notes.push(format!("attach stream: {e}"));
                         self.stream_open = false;
+                        stream_end = Some(Instant::now());
                     }
                 },
             }
@@ -326,6 +420,10 @@ impl Supervisor {
             let _ = tx.send(item).await;
         }
         let (info, oom) = self.finish().await;
+        // Pull mode: the container is gone; so are its token and slot.
+        if let Some(pull) = &mut self.pull {
+            pull.revoke();
+        }
         if (oom || !self.retry_if_silent)
             && let Some(accepted) = self.accepted.take()
         {
@@ -468,6 +566,22 @@ async fn recv_cancel(
     cancel: &mut Option<oneshot::Receiver<()>>,
 ) -> Result<(), oneshot::error::RecvError> {
     match cancel {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_feed(pull: &mut Option<PullLink>) -> Option<InstanceOutput> {
+    match pull {
+        Some(p) if p.feed_open => p.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn recv_polled(
+    polled: &mut Option<oneshot::Receiver<()>>,
+) -> Result<(), oneshot::error::RecvError> {
+    match polled {
         Some(rx) => rx.await,
         None => std::future::pending().await,
     }
