@@ -113,6 +113,10 @@ impl Controller {
     /// A controller over `backend`, recording into `store`. Call from within a Tokio runtime
     /// (it starts the retention task).
     pub fn new(config: ControllerConfig, backend: Arc<dyn Backend>, store: Store) -> Controller {
+        // The backend's runtime API waits this long for a broken report to resume.
+        if let Some(api) = backend.runtime_api() {
+            api.registry.set_reattach_grace(config.reattach_grace);
+        }
         let scheduler = Scheduler::new(
             config.max_concurrency,
             config.queue_size,

@@ -211,6 +211,7 @@ impl NomadBackend {
             poll_hold: cfg.poll_hold,
             max_line_bytes: DEFAULT_MAX_REPORT_LINE,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            ..RegistryConfig::default()
         }));
         let inner = Arc::new(Inner {
             client,

@@ -2,8 +2,8 @@
 //! fetches its job from the controller's runtime API instead of reading it from stdin.
 //!
 //! - **Spawn**: `WARM_POOL=true`, `CONTROLLER_URL` (the public URL), `RUNTIME_TOKEN_FILE` (a
-//!   0600 file in the backend's private 0700 directory, deleted once the runtime starts
-//!   reporting, or when it exits) and, with `POLYDEV_TLS_CA`, `EXTRA_CA_CERTS` pointing at a
+//!   0600 file in the backend's private 0700 directory, deleted once the execution's report
+//!   has ended (it stays valid for resuming a broken report until then), or when it exits) and, with `POLYDEV_TLS_CA`, `EXTRA_CA_CERTS` pointing at a
 //!   bundle of that CA plus the operator's own extra CAs. The token is a file rather than
 //!   `RUNTIME_TOKEN` because the environment of a process is readable in
 //!   `/proc/<pid>/environ` for its whole life (and inherited by anything it starts), while the
@@ -120,6 +120,7 @@ impl PullMode {
             poll_hold: options.poll_hold,
             max_line_bytes: config.max_line_bytes,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            ..RegistryConfig::default()
         }));
         Ok(PullMode {
             registry,
