@@ -453,8 +453,19 @@ impl Shared {
     }
 
     /// Bookkeeping once an execution has logged its terminal event.
+    /// Journals the instance running `exec`, if its backend lets it outlive the controller.
+    pub(crate) fn journal(&self, exec: &Execution) {
+        if let Some(record) = self.backend.instance_record(&exec.id) {
+            exec.journaled.store(true, Ordering::SeqCst);
+            self.store.put_instance(record);
+        }
+    }
+
     pub(crate) fn ended(&self, exec: &Arc<Execution>) {
         self.recorded(exec);
+        if exec.journaled.swap(false, Ordering::SeqCst) {
+            self.store.forget_instance(&exec.id);
+        }
         let outcome = exec.outcome().unwrap_or("internal");
         let ttft = exec.ttft();
         let duration = exec.duration();

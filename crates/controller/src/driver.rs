@@ -142,6 +142,7 @@ pub(crate) async fn drive(
         .metrics
         .launched(instance.warm, instance.claim_latency, queue_wait);
     shared.recorded(&exec);
+    shared.journal(&exec);
     pump(&shared, &exec, instance, &secret).await;
     drop(permit);
 }

@@ -159,6 +159,8 @@ pub struct Execution {
     /// The number of events in the log; subscribers wait on changes.
     version: watch::Sender<u64>,
     cancel: Notify,
+    /// The store holds an instance record for it (deleted when it ends).
+    pub(crate) journaled: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -292,6 +294,7 @@ impl Execution {
             }),
             version,
             cancel: Notify::new(),
+            journaled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
