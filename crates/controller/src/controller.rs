@@ -227,6 +227,47 @@ impl Controller {
     }
 
     /// The live execution `id`, if still in memory.
+    /// Takes back the executions a previous run left `running` with their runtimes still
+    /// reporting to this controller (DESIGN.md 5.2; [`crate::store::Store::open_adopting`]):
+    /// each is live again, status `running`, its log rebuilt from what its runtime resends,
+    /// and ends `interrupted` if the runtime does not come back within
+    /// [`ControllerConfig::reattach_grace`]. Returns how many were adopted.
+    pub fn adopt(&self, found: Vec<crate::store::Adoptable>) -> usize {
+        let sh = &self.shared;
+        let mut adopted = 0;
+        for a in found {
+            let Ok(provider) = a.record.provider.parse::<polydev_protocol::Provider>() else {
+                tracing::warn!(execution_id = %a.record.id, "cannot adopt: unknown provider");
+                let mut r = a.record;
+                r.status = "failed".into();
+                r.error_kind = Some("interrupted".into());
+                r.ended_at_ms = Some(unix_ms(SystemTime::now()));
+                sh.store.put(r);
+                sh.store.forget_instance(&a.instance.execution_id);
+                continue;
+            };
+            let exec = Arc::new(Execution::adopted(
+                &a.record,
+                provider,
+                sh.config.max_event_log_bytes,
+            ));
+            lock(&sh.registry)
+                .map
+                .insert(exec.id.clone(), Arc::clone(&exec));
+            let permit = sh.scheduler.adopt(&exec.user_id);
+            tracing::info!(
+                execution_id = %exec.id,
+                instance = %a.instance.instance_id,
+                "adopting a running execution; waiting for its runtime"
+            );
+            let driver =
+                crate::driver::adopt(Arc::clone(sh), Arc::clone(&exec), a.instance, permit);
+            sh.tracker.spawn(driver);
+            adopted += 1;
+        }
+        adopted
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Execution>> {
         lock(&self.shared.registry).map.get(id).cloned()
     }

@@ -161,6 +161,9 @@ pub struct Execution {
     cancel: Notify,
     /// The store holds an instance record for it (deleted when it ends).
     pub(crate) journaled: std::sync::atomic::AtomicBool,
+    /// Taken back after a controller restart: its log is being rebuilt from what its runtime
+    /// resends, so a client may resume from an event id this log has not reached yet.
+    pub adopted: bool,
 }
 
 #[derive(Debug)]
@@ -295,7 +298,44 @@ impl Execution {
             version,
             cancel: Notify::new(),
             journaled: std::sync::atomic::AtomicBool::new(false),
+            adopted: false,
         }
+    }
+
+    /// An execution a restarted controller takes back from its stored row (DESIGN.md 5.2):
+    /// `running`, with the row's times, and its `start` event logged as `seq` 1 as at
+    /// admission, so the events its runtime resends get the sequence numbers they had.
+    pub fn adopted(record: &crate::store::Record, provider: Provider, max_log_bytes: u64) -> Execution {
+        let mut e = Execution::new(
+            record.id.clone(),
+            record.user_id.clone(),
+            provider,
+            record.model.clone(),
+            max_log_bytes,
+        );
+        let now_ms = unix_ms(SystemTime::now());
+        e.created_at_ms = record.created_at_ms;
+        let age = std::time::Duration::from_millis(now_ms.saturating_sub(record.created_at_ms));
+        e.created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        e.adopted = true;
+        e.journaled = std::sync::atomic::AtomicBool::new(true);
+        {
+            let mut s = e.lock();
+            s.status = Status::Running;
+            let run = std::time::Duration::from_millis(
+                now_ms.saturating_sub(record.started_at_ms.unwrap_or(now_ms)),
+            );
+            s.started = Some(Instant::now().checked_sub(run).unwrap_or_else(Instant::now));
+            s.started_at_ms = record.started_at_ms.or(Some(now_ms));
+            s.warm = record.warm;
+        }
+        e.append(&e.start_event());
+        e
+    }
+
+    /// How long it has been running (zero before it started).
+    pub fn running_for(&self) -> std::time::Duration {
+        self.lock().started.map(|t| t.elapsed()).unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -54,6 +54,17 @@ pub fn log_stream(exec: Arc<Execution>, after: u64) -> impl Stream<Item = Logged
             let batch = st.exec.events_after(st.after, BATCH);
             if batch.is_empty() {
                 if st.exec.is_ended() {
+                    // An adopted execution that ended before its rebuilt log reached where the
+                    // client resumed (its runtime did not come back): the client has not seen
+                    // this terminal event, so it still gets it, once.
+                    let last = st.exec.last_seq();
+                    if st.exec.adopted && st.after > last {
+                        st.done = true;
+                        let end = st.exec.events_after(last.saturating_sub(1), 1);
+                        if let Some(ev) = end.into_iter().next().filter(|e| e.terminal) {
+                            return Some((ev, st));
+                        }
+                    }
                     // Resumed at or past the terminal event: nothing more will come.
                     return None;
                 }
