@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     stop_background: CancellationToken,
     shutting_down: AtomicBool,
+    /// SIGTERM with a backend that detaches: journaled executions are left running.
+    detaching: AtomicBool,
     streams: AtomicUsize,
     backend_down_until: Mutex<Option<Instant>>,
 }
@@ -133,6 +135,7 @@ impl Controller {
             tracker: TaskTracker::new(),
             stop_background: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
+            detaching: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
             backend_down_until: Mutex::new(None),
         });
@@ -404,6 +407,10 @@ impl Controller {
         if sh.shutting_down.swap(true, Ordering::SeqCst) {
             return;
         }
+        if sh.backend.detaches() {
+            self.detach().await;
+            return;
+        }
         let active = self.active().len();
         tracing::info!(
             active,
@@ -454,6 +461,49 @@ impl Controller {
         tracing::info!("controller stopped");
     }
 
+    /// Shutdown with a backend whose runtimes outlive the controller (DESIGN.md 5.2): stop
+    /// admitting, leave every journaled execution running (row `running`, instance record
+    /// kept, runtime untouched) for the next controller to adopt, close its client streams
+    /// with no further event, and stop. Executions not handed to a runtime yet end as usual.
+    async fn detach(&self) {
+        let sh = &self.shared;
+        let active = self.active();
+        tracing::info!(
+            active = active.len(),
+            "shutting down: no longer admitting; detaching from running executions"
+        );
+        sh.detaching.store(true, Ordering::SeqCst);
+        sh.scheduler.close();
+        sh.tracker.close();
+        // The backend lets go of its instances first (no signal, no cancel), so that the
+        // drivers, whose instance outputs then close, record nothing.
+        if tokio::time::timeout(BACKEND_SHUTDOWN_TIMEOUT, sh.backend.detach())
+            .await
+            .is_err()
+        {
+            tracing::error!("the backend did not detach in time");
+        }
+        let mut detached = 0;
+        for e in self.active() {
+            if sh.detached(&e) {
+                e.detach_streams();
+                detached += 1;
+            }
+        }
+        // Drivers of executions that were not handed out yet end them (queued ones at once).
+        let bound = sh.config.cancel_wait + Duration::from_secs(1);
+        if tokio::time::timeout(bound, sh.tracker.wait()).await.is_err() {
+            for e in self.active() {
+                if !sh.detached(&e) {
+                    e.request_cancel(CancelReason::Shutdown);
+                }
+            }
+        }
+        sh.stop_background.cancel();
+        sh.store.flush().await;
+        tracing::info!(detached, "controller stopped; runtimes left running for the next one");
+    }
+
     fn active(&self) -> Vec<Arc<Execution>> {
         lock(&self.shared.registry)
             .map
@@ -480,6 +530,10 @@ impl Shared {
     /// Logs `event` as the execution's terminal event if it has none yet, and records the
     /// outcome. The one place an execution ends.
     pub(crate) fn end(&self, exec: &Arc<Execution>, event: Event) {
+        // Detached: it keeps running and the next controller records how it ends.
+        if self.detached(exec) {
+            return;
+        }
         if exec.append(&event) == Appended::Terminal {
             self.ended(exec);
         }
@@ -494,6 +548,12 @@ impl Shared {
     }
 
     /// Bookkeeping once an execution has logged its terminal event.
+    /// Whether the controller detached from `exec` (shutting down with a backend whose runtimes
+    /// outlive it, and `exec`'s instance is journaled).
+    pub(crate) fn detached(&self, exec: &Execution) -> bool {
+        self.detaching.load(Ordering::SeqCst) && exec.journaled.load(Ordering::SeqCst)
+    }
+
     /// Journals the instance running `exec`, if its backend lets it outlive the controller.
     pub(crate) fn journal(&self, exec: &Execution) {
         if let Some(record) = self.backend.instance_record(&exec.id) {

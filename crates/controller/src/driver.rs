@@ -302,7 +302,7 @@ async fn pump(
                 }
             },
             // Completes once; `stop` is set then, so it is never polled again.
-            () = &mut cancelled, if stop.is_none() => {
+            () = &mut cancelled, if stop.is_none() && !shared.detached(exec) => {
                 let reason = exec.cancel_reason().unwrap_or(CancelReason::Client);
                 instance.cancel.cancel();
                 stop = Some(Stop::Cancel(reason));

@@ -164,6 +164,9 @@ pub struct Execution {
     /// Taken back after a controller restart: its log is being rebuilt from what its runtime
     /// resends, so a client may resume from an event id this log has not reached yet.
     pub adopted: bool,
+    /// The controller detached from it at shutdown: its client streams end, with no further
+    /// event, and the next controller adopts it.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -299,6 +302,7 @@ impl Execution {
             cancel: Notify::new(),
             journaled: std::sync::atomic::AtomicBool::new(false),
             adopted: false,
+            detached: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -490,6 +494,19 @@ impl Execution {
             }
             self.cancel.notified().await;
         }
+    }
+
+    /// Ends every stream of this execution without a further event (the controller detaches
+    /// from it at shutdown; clients resume on the next controller with `Last-Event-ID`).
+    pub fn detach_streams(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes every waiting stream, which then sees the flag.
+        self.version.send_modify(|_| {});
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Subscribes to new events; read them with [`Execution::events_after`].

@@ -85,6 +85,8 @@ pub enum PullError {
     Closed,
     #[error("the job has no execution_id")]
     NoExecutionId,
+    #[error("a journaled credential digest is not 64 hex digits")]
+    InvalidDigest,
     #[error("the controller URL for runtimes is unusable: {0}")]
     ControllerUrl(String),
 }
@@ -143,6 +145,20 @@ fn fill_random(buf: &mut [u8]) -> Result<(), PullError> {
     ring::rand::SystemRandom::new()
         .fill(buf)
         .map_err(|_| PullError::Rng)
+}
+
+/// 64 hex digits back to 32 bytes.
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -330,6 +346,35 @@ impl TokenAuthenticator {
             }
             None => false,
         }
+    }
+
+    /// What the store may keep of `id`'s token so a restarted controller can accept it again:
+    /// its digest (hex) and how long it stays valid. Never the token itself.
+    pub fn digest(&self, id: &InstanceId) -> Option<(String, Duration)> {
+        let tokens = self.lock();
+        let entry = tokens.get(id)?;
+        Some((
+            hex(&entry.digest),
+            entry.expires_at.saturating_duration_since(Instant::now()),
+        ))
+    }
+
+    /// Accepts again the token whose digest ([`TokenAuthenticator::digest`]) a previous
+    /// controller journaled, for `ttl` (an adopted instance; it has no token file here).
+    pub fn restore(&self, id: &InstanceId, digest_hex: &str, ttl: Duration) -> Result<(), PullError> {
+        let digest = unhex32(digest_hex).ok_or(PullError::InvalidDigest)?;
+        let old = self.lock().insert(
+            id.clone(),
+            TokenEntry {
+                digest,
+                expires_at: Instant::now() + ttl,
+                file: None,
+            },
+        );
+        if let Some(old) = old {
+            self.delete_file(old.file);
+        }
+        Ok(())
     }
 
     /// Ends `id`'s token now and deletes its file. Idempotent.
@@ -1380,6 +1425,22 @@ mod tests {
         assert!(auth.set_ttl(&a, Duration::ZERO));
         assert_eq!(auth.verify(ta.expose()), Err(AuthError::Expired));
         assert_eq!(auth.active(), 0);
+    }
+
+    #[test]
+    fn a_journaled_digest_restores_the_token_in_another_authenticator() {
+        let a = TokenAuthenticator::new();
+        let id = InstanceId::random().unwrap();
+        let token = a.issue(&id, Duration::from_secs(60)).unwrap();
+        let (digest, left) = a.digest(&id).unwrap();
+        assert_eq!(digest.len(), 64);
+        assert!(!token.expose().contains(&digest));
+        assert!(left <= Duration::from_secs(60));
+        let b = TokenAuthenticator::new();
+        assert_eq!(b.verify(token.expose()), Err(AuthError::Invalid));
+        b.restore(&id, &digest, left).unwrap();
+        assert_eq!(b.verify(token.expose()), Ok(id.clone()));
+        assert_eq!(b.restore(&id, "zz", left), Err(PullError::InvalidDigest));
     }
 
     #[test]
