@@ -473,6 +473,10 @@ impl Controller {
             "shutting down: no longer admitting; detaching from running executions"
         );
         sh.detaching.store(true, Ordering::SeqCst);
+        // Runtimes reporting now are told to come back (503), not to stop (410).
+        if let Some(api) = sh.backend.runtime_api() {
+            api.registry.detach();
+        }
         sh.scheduler.close();
         sh.tracker.close();
         // The backend lets go of its instances first (no signal, no cancel), so that the
@@ -566,6 +570,10 @@ impl Shared {
         self.recorded(exec);
         if exec.journaled.swap(false, Ordering::SeqCst) {
             self.store.forget_instance(&exec.id);
+            // Its runtime, if it reports again, is told to stop.
+            if let Some(api) = self.backend.runtime_api() {
+                api.registry.end_execution(&exec.id);
+            }
         }
         let outcome = exec.outcome().unwrap_or("internal");
         let ttft = exec.ttft();

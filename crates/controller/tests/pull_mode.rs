@@ -625,7 +625,12 @@ async fn scripted_world() -> (Arc<Scripted>, Controller, Server, tempfile::TempD
     let backend = Scripted::new();
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(&dir.path().join("s.db")).unwrap();
-    let controller = Controller::new(config(), backend.clone(), store);
+    // A cut report waits this long for its runtime to resume it.
+    let config = ControllerConfig {
+        reattach_grace: Duration::from_millis(500),
+        ..config()
+    };
+    let controller = Controller::new(config, backend.clone(), store);
     let server = serve(controller.clone()).await;
     (backend, controller, server, dir)
 }

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `GET /runtime/v1/next` | `200` the job (once) · `204` nothing yet, poll again (after ~25 s) · `410` no job will come, exit · `401` bad or expired credential |
 //! | `GET /runtime/v1/executions/{id}/events` | the resume handshake: `200` `{"received": N}`, the lines the controller holds · `401` · `403` · `409` not fetched · `410` the execution takes no more report, exit |
+//! | (both, while the controller detaches at shutdown) | `503`: report again, to the next controller |
 //! | `POST /runtime/v1/executions/{id}/events` | a chunked NDJSON body with the runtime's output lines from line `polydev-event-offset` (absent: 0); `204` once it ended · `401` · `403` another instance's execution · `409` not fetched, or not at the controller's position (body `{"received": N}` too) · `410` the execution takes no more report · `413` line or body too large |
 //!
 //! The report protocol, including how a broken report is resumed, is
@@ -80,6 +81,7 @@ impl RuntimeError {
             | RuntimeError::BadOffset
             | RuntimeError::Superseded => StatusCode::CONFLICT,
             RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => StatusCode::GONE,
+            RuntimeError::Refused(ReportRefused::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::BadId => StatusCode::NOT_FOUND,
             RuntimeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -94,6 +96,7 @@ impl RuntimeError {
             | RuntimeError::BadOffset
             | RuntimeError::Superseded => "conflict",
             RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => "gone",
+            RuntimeError::Refused(ReportRefused::Unavailable) => "unavailable",
             RuntimeError::TooLarge(_) => "payload_too_large",
             RuntimeError::BadId => "not_found",
             RuntimeError::MethodNotAllowed => "method_not_allowed",
@@ -279,6 +282,10 @@ async fn events(
         }
         // Another report took over: this one's runtime asks for the position again.
         ReportEnd::Cut(ReportError::Superseded) => RuntimeError::Superseded.into_response(),
+        // Closed because the controller is detaching: the runtime reports again later.
+        ReportEnd::Cut(ReportError::Closed) if api.registry.is_detached() => {
+            RuntimeError::Refused(ReportRefused::Unavailable).into_response()
+        }
         ReportEnd::Cut(ReportError::Closed) => RuntimeError::Gone.into_response(),
         ReportEnd::Broken => RuntimeError::Gone.into_response(),
     };

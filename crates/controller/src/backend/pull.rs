@@ -722,6 +722,9 @@ pub enum ReportRefused {
     /// The instance is gone, or its execution takes no more report (410).
     #[error("this execution no longer takes a report")]
     Gone,
+    /// The controller is shutting down and leaves this execution to the next one (503).
+    #[error("the controller is restarting; report to it again shortly")]
+    Unavailable,
 }
 
 /// Jobs waiting for, or handed to, pull-mode instances. See the module documentation.
@@ -730,6 +733,9 @@ pub struct InstanceRegistry {
     /// [`RegistryConfig::reattach_grace`], settable after construction (by the controller,
     /// which owns the setting); milliseconds.
     reattach_grace_ms: std::sync::atomic::AtomicU64,
+    /// The controller is detaching (DESIGN.md 5.2): reports are refused as unavailable (`503`,
+    /// try again), never as gone, so runtimes wait for the next controller.
+    detached: std::sync::atomic::AtomicBool,
     state: Mutex<RegState>,
 }
 
@@ -748,6 +754,7 @@ impl InstanceRegistry {
         InstanceRegistry {
             config,
             reattach_grace_ms: std::sync::atomic::AtomicU64::new(grace),
+            detached: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(RegState::default()),
         }
     }
@@ -762,6 +769,18 @@ impl InstanceRegistry {
             self.reattach_grace_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// The controller is detaching from its runtimes: from now on reports and position
+    /// queries answer "unavailable" ([`ReportRefused::Unavailable`]), so a runtime keeps its
+    /// output and reconnects to the next controller instead of exiting.
+    pub fn detach(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sets [`InstanceRegistry::reattach_grace`] (`POLYDEV_REATTACH_GRACE`).
@@ -895,10 +914,31 @@ impl InstanceRegistry {
 
     /// Forgets `id` (the instance is gone). Its feed closes once a report in progress (or its
     /// reattach grace) ends.
-    pub fn remove(&self, id: &InstanceId) {
+    pub fn remove(self: &Arc<Self>, id: &InstanceId) {
         let slot = self.lock().slots.remove(id);
+        // A report waiting to be resumed never will be: the instance is gone.
+        if let Some(state) = slot.as_ref().and_then(|s| s.report.clone()) {
+            end_abandoned(Arc::clone(self), id.clone(), state, None);
+        }
         // Dropped outside the lock; waiting polls wake up and find it gone.
         drop(slot);
+    }
+
+    /// The controller ended `execution_id` (cancelled, timed out, its runtime not back in
+    /// time): its report is refused from now on (`410`, the runtime stops).
+    pub fn end_execution(&self, execution_id: &str) {
+        let mut st = self.lock();
+        for slot in st.slots.values_mut() {
+            if matches!(&slot.phase, Phase::Handed(e) if e == execution_id) {
+                slot.phase = Phase::Reported;
+                slot.feed = None;
+                slot.wake.send_replace(());
+            }
+        }
+    }
+
+    fn has(&self, id: &InstanceId) -> bool {
+        self.lock().slots.contains_key(id)
     }
 
     /// Refuses new registrations and retires every instance without a fetched job.
@@ -970,6 +1010,9 @@ impl InstanceRegistry {
         id: &InstanceId,
         execution_id: &str,
     ) -> Result<Arc<ReportState>, ReportRefused> {
+        if self.is_detached() {
+            return Err(ReportRefused::Unavailable);
+        }
         let mut st = self.lock();
         let slot = st.slots.get_mut(id).ok_or(ReportRefused::Gone)?;
         match &slot.phase {
@@ -1234,23 +1277,55 @@ impl ReportSink {
 }
 
 /// After a report of generation `generation` broke: if no report took over within the
-/// reattach grace, the execution ends with the error a vanished runtime gets.
+/// reattach grace (at once if the instance is already gone), the execution ends with the error
+/// a vanished runtime gets.
 fn wait_for_resume(
     registry: Arc<InstanceRegistry>,
     id: InstanceId,
     state: Arc<ReportState>,
     generation: u64,
 ) {
-    let grace = registry.reattach_grace();
+    let grace = if registry.has(&id) {
+        registry.reattach_grace()
+    } else {
+        Duration::ZERO
+    };
+    end_abandoned_after(registry, id, state, Some(generation), grace);
+}
+
+/// Ends the execution of `state` with the vanished-runtime error unless a report is open, or
+/// one newer than `generation` (any, with `None`) took over, or it already ended.
+fn end_abandoned(
+    registry: Arc<InstanceRegistry>,
+    id: InstanceId,
+    state: Arc<ReportState>,
+    generation: Option<u64>,
+) {
+    end_abandoned_after(registry, id, state, generation, Duration::ZERO);
+}
+
+fn end_abandoned_after(
+    registry: Arc<InstanceRegistry>,
+    id: InstanceId,
+    state: Arc<ReportState>,
+    generation: Option<u64>,
+    after: Duration,
+) {
     let task = async move {
-        tokio::time::sleep(grace).await;
+        if !after.is_zero() {
+            tokio::time::sleep(after).await;
+        }
         let mut cursor = state.cursor.lock().await;
-        if cursor.generation != generation || cursor.terminal_seen {
+        let superseded = generation.is_some_and(|g| g != cursor.generation);
+        // With a generation, a newer report would have bumped it (and `open` may be stale
+        // when a dropped sink could not take the lock); without one, an open report ends on
+        // its own.
+        if superseded || (generation.is_none() && cursor.open) || cursor.terminal_seen {
             return;
         }
         let item = missing_terminal(cursor.output_seen, &ReportEnd::Broken);
         if let Some(feed) = cursor.feed.take() {
-            tracing::warn!(instance = %id, "runtime API: the runtime did not resume its report in time");
+            tracing::warn!(instance = %id, "runtime API: the runtime did not resume its report");
             let _ = feed.send(item).await;
         }
         drop(cursor);
