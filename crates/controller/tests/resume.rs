@@ -617,3 +617,115 @@ fn assert_no_secret(dir: &Path, token: &str) {
         assert!(!text.contains(&key), "{} holds the key", path.display());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real runtime binary (process backend, pull mode). Ignored until the runtime resends its
+// report after a restart (the runtime's side of issue 15, crates/runtime); enable with
+// `cargo build -p polydev-runtime && cargo test -p polydev-controller --test resume -- --ignored`.
+
+fn process_pull(emu_base: &str, port: u16) -> polydev_controller::backend::process::ProcessBackendConfig {
+    use polydev_controller::backend::process::{ProcessBackendConfig, PullOptions};
+    let bin = polydev_test_support::workspace_bin("polydev-runtime");
+    assert!(bin.is_file(), "run `cargo build -p polydev-runtime` first");
+    let mut cfg = ProcessBackendConfig::new(bin);
+    cfg.env = polydev_protocol::Provider::ALL
+        .iter()
+        .map(|p| {
+            let (k, v) = polydev_test_support::base_url_env(*p, emu_base);
+            (k.to_owned(), v)
+        })
+        .collect();
+    cfg.pool_size = 0;
+    cfg.ready_timeout = Duration::from_secs(10);
+    cfg.pull = Some(PullOptions::new(format!("http://127.0.0.1:{port}")));
+    cfg
+}
+
+/// A controller with a pull-mode process backend on `listener` and `db`, adopting what the
+/// store left running for it.
+async fn real_world(
+    listener: tokio::net::TcpListener,
+    db: &Path,
+    emu_base: &str,
+) -> (Controller, Server, Arc<polydev_controller::backend::process::ProcessBackend>, usize) {
+    use polydev_controller::backend::process::ProcessBackend;
+    let port = listener.local_addr().unwrap().port();
+    let backend = Arc::new(ProcessBackend::new(process_pull(emu_base, port)).unwrap());
+    let (store, recovery) = Store::open_adopting(db, Some("process")).unwrap();
+    let controller = Controller::new(
+        grace_config(Duration::from_secs(30)),
+        backend.clone(),
+        store,
+    );
+    let adopted = controller.adopt(recovery.adoptable);
+    let server = serve_bound(listener, None, controller.clone());
+    (controller, server, backend, adopted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the runtime to resend its report after a controller restart (issue 15, crates/runtime)"]
+async fn real_runtime_process_pull_survives_a_sigterm_restart() {
+    let emu = polydev_test_support::emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("real.db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (a, mut a_server, a_backend, _) = real_world(listener, &db, &emu.base_url()).await;
+    let body = serde_json::json!({
+        "user_id": "u1",
+        "provider": "openai",
+        "model": "gpt-5-mini-len300-rate30",
+        "prompt": "hello",
+        "credentials": {"api_key": polydev_test_support::fake_key(polydev_protocol::Provider::OpenAi)},
+    });
+    let res = send(addr, Method::POST, "/v1/executions", &[SSE], Some(body)).await;
+    let mut sse = SseReader::new(res);
+    let start = sse.next().await.unwrap();
+    let id = start.data["execution_id"].as_str().unwrap().to_owned();
+    let mut before = vec![start];
+    while before.len() < 6 {
+        before.push(sse.next().await.unwrap());
+    }
+    let pid = a_backend.child_pids()[0];
+    // SIGTERM: A detaches; the stream closes with no terminal event; the runtime lives on.
+    a_server.shutdown();
+    a_server.task.await.unwrap().unwrap();
+    drop(a);
+    let after = sse.rest().await;
+    assert!(after.iter().all(|e| e.event != "end" && e.event != "error"), "{after:?}");
+    before.extend(after);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the runtime died with A");
+    // B on the same address and database.
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (b, mut b_server, b_backend, adopted) = real_world(listener, &db, &emu.base_url()).await;
+    assert_eq!(adopted, 1);
+    let last = before.last().unwrap().id.unwrap();
+    let res = send(
+        addr,
+        Method::GET,
+        &format!("/v1/executions/{id}/events"),
+        &[SSE, ("last-event-id", &last.to_string())],
+        None,
+    )
+    .await;
+    let rest = tokio::time::timeout(Duration::from_secs(60), SseReader::new(res).rest())
+        .await
+        .unwrap();
+    for (i, e) in rest.iter().enumerate() {
+        assert_eq!(e.id, Some(last + 1 + i as u64), "{rest:?}");
+    }
+    assert_eq!(rest.last().unwrap().event, "end", "{rest:?}");
+    let v = get_json(addr, &format!("/v1/executions/{id}")).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    drop(b);
+    b_server.shutdown();
+    b_server.task.await.unwrap().unwrap();
+    assert!(b_backend.child_pids().is_empty());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z"));
+}

@@ -336,10 +336,15 @@ impl NomadBackend {
             }
             Err(_) => {}
         }
-        if let (Some(exec), Some(child)) = (
-            &job.execution_id,
-            self.inner.ledger.lock().instances.get(&idle.id).and_then(|e| e.child.clone()),
-        ) {
+        // (The ledger's lock is released before `handed` takes it again.)
+        let child = self
+            .inner
+            .ledger
+            .lock()
+            .instances
+            .get(&idle.id)
+            .and_then(|e| e.child.clone());
+        if let (Some(exec), Some(child)) = (&job.execution_id, child) {
             self.inner.handed(exec, &idle.id, &child);
         }
         Some(Instance {
@@ -867,7 +872,7 @@ impl Supervisor {
                     }
                 }
                 () = out.closed(), if !stopped => {
-                    if inner.detaching() {
+                    if inner.detaching() && ended.is_none() && !terminal_seen {
                         self.let_go();
                         return;
                     }
@@ -907,7 +912,8 @@ impl Supervisor {
                     break;
                 }
                 () = inner.closing.cancelled(), if !stopped => {
-                    if inner.detaching() && ended.is_none() {
+                    // Only a runtime still working on its job is left running.
+                    if inner.detaching() && ended.is_none() && !terminal_seen {
                         self.let_go();
                         return;
                     }
