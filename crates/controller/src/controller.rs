@@ -253,6 +253,7 @@ impl Controller {
                 &a.record,
                 provider,
                 sh.config.max_event_log_bytes,
+                a.last_seq.unwrap_or(0),
             ));
             lock(&sh.registry)
                 .map
@@ -490,13 +491,19 @@ impl Controller {
         let mut detached = 0;
         for e in self.active() {
             if sh.detached(&e) {
+                // Where its clients may have read to: a terminal event the next controller logs
+                // before its rebuilt log gets there is numbered above it.
                 e.detach_streams();
+                sh.store.note_detached(&e.id, e.last_seq());
                 detached += 1;
             }
         }
         // Drivers of executions that were not handed out yet end them (queued ones at once).
         let bound = sh.config.cancel_wait + Duration::from_secs(1);
-        if tokio::time::timeout(bound, sh.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(bound, sh.tracker.wait())
+            .await
+            .is_err()
+        {
             for e in self.active() {
                 if !sh.detached(&e) {
                     e.request_cancel(CancelReason::Shutdown);
@@ -505,7 +512,10 @@ impl Controller {
         }
         sh.stop_background.cancel();
         sh.store.flush().await;
-        tracing::info!(detached, "controller stopped; runtimes left running for the next one");
+        tracing::info!(
+            detached,
+            "controller stopped; runtimes left running for the next one"
+        );
     }
 
     fn active(&self) -> Vec<Arc<Execution>> {

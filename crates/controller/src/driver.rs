@@ -187,7 +187,15 @@ pub(crate) async fn adopt(
     // No key is known here (it never reaches the store); runtime lines are logged unmasked
     // only if they are garbage, and the runtime never echoes the key.
     let secret = ApiKey::new(String::new());
-    pump(&shared, &exec, instance, &secret, deadline, Some(reattach_by)).await;
+    pump(
+        &shared,
+        &exec,
+        instance,
+        &secret,
+        deadline,
+        Some(reattach_by),
+    )
+    .await;
     drop(permit);
 }
 

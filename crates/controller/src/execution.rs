@@ -164,6 +164,10 @@ pub struct Execution {
     /// Taken back after a controller restart: its log is being rebuilt from what its runtime
     /// resends, so a client may resume from an event id this log has not reached yet.
     pub adopted: bool,
+    /// Adopted: the last `seq` the previous controller had logged when it detached (0 if it
+    /// did not say, a crash). A terminal event logged before the rebuilt log caught up gets a
+    /// `seq` above it, so that a client that saw up to there still receives it, once.
+    floor: u64,
     /// The controller detached from it at shutdown: its client streams end, with no further
     /// event, and the next controller adopts it.
     detached: std::sync::atomic::AtomicBool,
@@ -302,6 +306,7 @@ impl Execution {
             cancel: Notify::new(),
             journaled: std::sync::atomic::AtomicBool::new(false),
             adopted: false,
+            floor: 0,
             detached: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -309,7 +314,12 @@ impl Execution {
     /// An execution a restarted controller takes back from its stored row (DESIGN.md 5.2):
     /// `running`, with the row's times, and its `start` event logged as `seq` 1 as at
     /// admission, so the events its runtime resends get the sequence numbers they had.
-    pub fn adopted(record: &crate::store::Record, provider: Provider, max_log_bytes: u64) -> Execution {
+    pub fn adopted(
+        record: &crate::store::Record,
+        provider: Provider,
+        max_log_bytes: u64,
+        floor: u64,
+    ) -> Execution {
         let mut e = Execution::new(
             record.id.clone(),
             record.user_id.clone(),
@@ -322,6 +332,7 @@ impl Execution {
         let age = std::time::Duration::from_millis(now_ms.saturating_sub(record.created_at_ms));
         e.created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         e.adopted = true;
+        e.floor = floor;
         e.journaled = std::sync::atomic::AtomicBool::new(true);
         {
             let mut s = e.lock();
@@ -414,7 +425,10 @@ impl Execution {
             Event::Error(e) => s.error = Some(e.clone()),
             Event::Start { .. } | Event::Ready => {}
         }
-        let seq = s.events.len() as u64 + 1;
+        let mut seq = s.events.last().map_or(0, |e| e.seq) + 1;
+        if terminal && self.adopted {
+            seq = seq.max(self.floor + 1);
+        }
         s.log_bytes += size;
         s.events.push(LoggedEvent {
             seq,
@@ -517,15 +531,14 @@ impl Execution {
     /// Up to `max` logged events with `seq > after`.
     pub fn events_after(&self, after: u64, max: usize) -> Vec<LoggedEvent> {
         let s = self.lock();
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(s.events.len());
+        // Sequence numbers increase (by one, but for an adopted execution's terminal event).
+        let start = s.events.partition_point(|e| e.seq <= after);
         s.events[start..].iter().take(max).cloned().collect()
     }
 
     /// Number of events logged.
     pub fn last_seq(&self) -> u64 {
-        self.lock().events.len() as u64
+        self.lock().events.last().map_or(0, |e| e.seq)
     }
 
     /// Time from admission to the first answer or reasoning token.

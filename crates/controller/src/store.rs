@@ -77,6 +77,8 @@ pub struct Record {
 pub struct Adoptable {
     pub record: Record,
     pub instance: InstanceRecord,
+    /// The last event `seq` the previous controller logged, if it detached (not crashed).
+    pub last_seq: Option<u64>,
 }
 
 /// What [`Store::open_adopting`] found.
@@ -92,6 +94,7 @@ enum Command {
     Upsert(Box<Record>),
     PutInstance(Box<InstanceRecord>),
     ForgetInstance(String),
+    Detached(String, u64),
     Get(String, oneshot::Sender<Result<Option<Record>, StoreError>>),
     Recent(usize, oneshot::Sender<Result<Vec<Record>, StoreError>>),
     Flush(oneshot::Sender<()>),
@@ -109,6 +112,7 @@ impl std::fmt::Debug for Command {
             Command::Upsert(r) => write!(f, "Upsert({})", r.id),
             Command::PutInstance(r) => write!(f, "PutInstance({})", r.execution_id),
             Command::ForgetInstance(id) => write!(f, "ForgetInstance({id})"),
+            Command::Detached(id, seq) => write!(f, "Detached({id}, {seq})"),
             Command::Get(id, _) => write!(f, "Get({id})"),
             Command::Recent(n, _) => write!(f, "Recent({n})"),
             Command::Flush(_) => f.write_str("Flush"),
@@ -145,7 +149,8 @@ CREATE TABLE IF NOT EXISTS instance_records (
     backend TEXT NOT NULL,
     handle TEXT NOT NULL,
     credential_digest TEXT,
-    credential_expires_at_ms INTEGER
+    credential_expires_at_ms INTEGER,
+    last_seq INTEGER
 );
 CREATE TABLE IF NOT EXISTS controller_heartbeat (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -248,9 +253,21 @@ impl Store {
 
     /// Journals the instance that runs an execution; never waits.
     pub fn put_instance(&self, record: InstanceRecord) {
-        if self.tx.send(Command::PutInstance(Box::new(record))).is_err() {
+        if self
+            .tx
+            .send(Command::PutInstance(Box::new(record)))
+            .is_err()
+        {
             tracing::error!("instance record lost: the store thread is gone");
         }
+    }
+
+    /// Notes, at a detaching shutdown, the last event `seq` of `execution_id` (its client
+    /// streams may have reached it); never waits.
+    pub fn note_detached(&self, execution_id: &str, last_seq: u64) {
+        let _ = self
+            .tx
+            .send(Command::Detached(execution_id.to_owned(), last_seq));
     }
 
     /// Forgets the instance record of `execution_id` (it ended); never waits.
@@ -358,7 +375,10 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Upsert(_) | Command::PutInstance(_) | Command::ForgetInstance(_) => {
+                Command::Upsert(_)
+                | Command::PutInstance(_)
+                | Command::ForgetInstance(_)
+                | Command::Detached(..) => {
                     writes.push(cmd);
                 }
                 other => others.push(other),
@@ -383,7 +403,10 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
                 Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
-                Command::Upsert(_) | Command::PutInstance(_) | Command::ForgetInstance(_) => {}
+                Command::Upsert(_)
+                | Command::PutInstance(_)
+                | Command::ForgetInstance(_)
+                | Command::Detached(..) => {}
             }
         }
     }
@@ -404,6 +427,8 @@ fn write_batch(conn: &mut Connection, writes: &[Command]) -> rusqlite::Result<()
         )?;
         let mut forget =
             tx.prepare_cached("DELETE FROM instance_records WHERE execution_id = ?1")?;
+        let mut detached =
+            tx.prepare_cached("UPDATE instance_records SET last_seq = ?2 WHERE execution_id = ?1")?;
         let mut stmt = tx.prepare_cached(
             "INSERT INTO executions (id, user_id, provider, model, status, created_at_ms, \
              started_at_ms, ended_at_ms, ttft_ms, input_tokens, output_tokens, reasoning_tokens, \
@@ -434,6 +459,10 @@ fn write_batch(conn: &mut Connection, writes: &[Command]) -> rusqlite::Result<()
                 }
                 Command::ForgetInstance(id) => {
                     forget.execute(params![id])?;
+                    continue;
+                }
+                Command::Detached(id, seq) => {
+                    detached.execute(params![id, opt_i64(Some(*seq))])?;
                     continue;
                 }
                 _ => continue,
@@ -476,7 +505,7 @@ fn adoptable(conn: &Connection, backend: &str) -> rusqlite::Result<Vec<Adoptable
         .join(", ");
     let mut stmt = conn.prepare(&format!(
         "SELECT {cols}, i.instance_id, i.backend, i.handle, i.credential_digest, \
-         i.credential_expires_at_ms FROM executions e JOIN instance_records i \
+         i.credential_expires_at_ms, i.last_seq FROM executions e JOIN instance_records i \
          ON i.execution_id = e.id WHERE e.status = 'running' AND i.backend = ?1 \
          ORDER BY e.created_at_ms"
     ))?;
@@ -490,7 +519,12 @@ fn adoptable(conn: &Connection, backend: &str) -> rusqlite::Result<Vec<Adoptable
             credential_digest: row.get(20)?,
             credential_expires_at_ms: row.get::<_, Option<i64>>(21)?.map(|v| v.max(0) as u64),
         };
-        Ok(Adoptable { record, instance })
+        let last_seq = row.get::<_, Option<i64>>(22)?.map(|v| v.max(0) as u64);
+        Ok(Adoptable {
+            record,
+            instance,
+            last_seq,
+        })
     })?
     .collect()
 }
@@ -649,7 +683,10 @@ mod tests {
             s.flush().await;
         }
         let (s, rec) = Store::open_adopting(&path, Some("process")).unwrap();
-        assert_eq!(rec.interrupted, 3, "b (another backend), c (no record), e (forgotten)");
+        assert_eq!(
+            rec.interrupted, 3,
+            "b (another backend), c (no record), e (forgotten)"
+        );
         assert_eq!(rec.adoptable.len(), 1);
         assert_eq!(rec.adoptable[0].record.id, "a");
         assert_eq!(rec.adoptable[0].record.status, "running");

@@ -296,9 +296,10 @@ async fn report(
     body: String,
 ) -> (StatusCode, String) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
         .method(Method::POST)
@@ -369,7 +370,14 @@ fn joined(lines: &[String]) -> String {
 
 /// Submits a job as a streaming client: the open SSE reader and the execution id.
 async fn submit_streaming(addr: SocketAddr) -> (SseReader, String) {
-    let res = send(addr, Method::POST, "/v1/executions", &[SSE], Some(job("u1"))).await;
+    let res = send(
+        addr,
+        Method::POST,
+        "/v1/executions",
+        &[SSE],
+        Some(job("u1")),
+    )
+    .await;
     let mut sse = SseReader::new(res);
     let start = sse.next().await.unwrap();
     assert_eq!(start.event, "start");
@@ -450,7 +458,12 @@ async fn a_live_report_cut_mid_line_resumes_with_no_gap_and_no_duplicate() {
     // start was id 1; texts t0.. are ids 2..; one terminal event.
     assert_eq!(texts_from(&rest, 2), expected_texts(0..10));
     assert_eq!(rest.last().unwrap().event, "end");
-    assert_eq!(rest.iter().filter(|e| e.event == "end" || e.event == "error").count(), 1);
+    assert_eq!(
+        rest.iter()
+            .filter(|e| e.event == "end" || e.event == "error")
+            .count(),
+        1
+    );
     // The report is over: the credential is spent.
     let (s, _) = position(addr, &id, &token).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -487,7 +500,9 @@ async fn a_restarted_controller_adopts_and_a_client_resumes_exactly_once() {
     // The row is still running; the database holds the instance record but no token or key.
     let conn = rusqlite::Connection::open(&db).unwrap();
     let status: String = conn
-        .query_row("SELECT status FROM executions WHERE id = ?1", [&id], |r| r.get(0))
+        .query_row("SELECT status FROM executions WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(status, "running");
     let records: i64 = conn
@@ -513,13 +528,21 @@ async fn a_restarted_controller_adopts_and_a_client_resumes_exactly_once() {
     .await;
     let mut resumed = SseReader::new(res);
     // The runtime comes back: B holds nothing, so it resends everything, then the rest.
-    assert_eq!(position(b.server.addr, &id, &token).await, (StatusCode::OK, Some(0)));
+    assert_eq!(
+        position(b.server.addr, &id, &token).await,
+        (StatusCode::OK, Some(0))
+    );
     let (s, body) = report(b.server.addr, &id, &token, 0, joined(&all)).await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
     let rest = resumed.rest().await;
     assert_eq!(texts_from(&rest, last_id + 1), expected_texts(5..12));
     assert_eq!(rest.last().unwrap().event, "end");
-    assert_eq!(rest.iter().filter(|e| e.event == "end" || e.event == "error").count(), 1);
+    assert_eq!(
+        rest.iter()
+            .filter(|e| e.event == "end" || e.event == "error")
+            .count(),
+        1
+    );
     // A fresh reader from 0 sees the same ids as before the restart.
     let res = send(
         b.server.addr,
@@ -613,7 +636,11 @@ fn assert_no_secret(dir: &Path, token: &str) {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(secret), "{} holds the runtime token", path.display());
+        assert!(
+            !text.contains(secret),
+            "{} holds the runtime token",
+            path.display()
+        );
         assert!(!text.contains(&key), "{} holds the key", path.display());
     }
 }
@@ -623,7 +650,10 @@ fn assert_no_secret(dir: &Path, token: &str) {
 // report after a restart (the runtime's side of issue 15, crates/runtime); enable with
 // `cargo build -p polydev-runtime && cargo test -p polydev-controller --test resume -- --ignored`.
 
-fn process_pull(emu_base: &str, port: u16) -> polydev_controller::backend::process::ProcessBackendConfig {
+fn process_pull(
+    emu_base: &str,
+    port: u16,
+) -> polydev_controller::backend::process::ProcessBackendConfig {
     use polydev_controller::backend::process::{ProcessBackendConfig, PullOptions};
     let bin = polydev_test_support::workspace_bin("polydev-runtime");
     assert!(bin.is_file(), "run `cargo build -p polydev-runtime` first");
@@ -647,7 +677,12 @@ async fn real_world(
     listener: tokio::net::TcpListener,
     db: &Path,
     emu_base: &str,
-) -> (Controller, Server, Arc<polydev_controller::backend::process::ProcessBackend>, usize) {
+) -> (
+    Controller,
+    Server,
+    Arc<polydev_controller::backend::process::ProcessBackend>,
+    usize,
+) {
     use polydev_controller::backend::process::ProcessBackend;
     let port = listener.local_addr().unwrap().port();
     let backend = Arc::new(ProcessBackend::new(process_pull(emu_base, port)).unwrap());
@@ -692,9 +727,15 @@ async fn real_runtime_process_pull_survives_a_sigterm_restart() {
     a_server.task.await.unwrap().unwrap();
     drop(a);
     let after = sse.rest().await;
-    assert!(after.iter().all(|e| e.event != "end" && e.event != "error"), "{after:?}");
+    assert!(
+        after.iter().all(|e| e.event != "end" && e.event != "error"),
+        "{after:?}"
+    );
     before.extend(after);
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the runtime died with A");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the runtime died with A"
+    );
     // B on the same address and database.
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {
@@ -726,6 +767,10 @@ async fn real_runtime_process_pull_survives_a_sigterm_restart() {
     b_server.shutdown();
     b_server.task.await.unwrap().unwrap();
     assert!(b_backend.child_pids().is_empty());
-    assert!(!std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-        || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z"));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+    );
 }

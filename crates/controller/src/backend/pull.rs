@@ -153,7 +153,11 @@ fn unhex32(text: &str) -> Option<[u8; 32]> {
     if bytes.len() != 64 {
         return None;
     }
-    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let mut out = [0u8; 32];
     for (i, pair) in bytes.chunks_exact(2).enumerate() {
         out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
@@ -361,7 +365,12 @@ impl TokenAuthenticator {
 
     /// Accepts again the token whose digest ([`TokenAuthenticator::digest`]) a previous
     /// controller journaled, for `ttl` (an adopted instance; it has no token file here).
-    pub fn restore(&self, id: &InstanceId, digest_hex: &str, ttl: Duration) -> Result<(), PullError> {
+    pub fn restore(
+        &self,
+        id: &InstanceId,
+        digest_hex: &str,
+        ttl: Duration,
+    ) -> Result<(), PullError> {
         let digest = unhex32(digest_hex).ok_or(PullError::InvalidDigest)?;
         let old = self.lock().insert(
             id.clone(),
@@ -1263,7 +1272,12 @@ impl ReportSink {
         }
         if end == ReportEnd::Broken {
             drop(cursor);
-            wait_for_resume(Arc::clone(&self.registry), self.id.clone(), state, self.generation);
+            wait_for_resume(
+                Arc::clone(&self.registry),
+                self.id.clone(),
+                state,
+                self.generation,
+            );
             return ReportOutcome::Waiting;
         }
         let item = missing_terminal(cursor.output_seen, &end);
@@ -1728,10 +1742,19 @@ mod tests {
             ReportOutcome::Superseded
         );
         third
-            .push(format!("{}{{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":1}}\n", text(3)).as_bytes())
+            .push(
+                format!(
+                    "{}{{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":1}}\n",
+                    text(3)
+                )
+                .as_bytes(),
+            )
             .await
             .unwrap();
-        assert_eq!(third.finish(ReportEnd::Complete).await, ReportOutcome::Ended);
+        assert_eq!(
+            third.finish(ReportEnd::Complete).await,
+            ReportOutcome::Ended
+        );
         let texts: Vec<String> = drain(&mut rx)
             .into_iter()
             .map(|i| match i {
@@ -1752,7 +1775,9 @@ mod tests {
         reg.register(id.clone(), tx, Some(job("ex_g"))).unwrap();
         assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
         let mut sink = reg.begin_report(&id, "ex_g", 0).await.unwrap();
-        sink.push(b"{\"type\":\"text\",\"text\":\"a\"}\n").await.unwrap();
+        sink.push(b"{\"type\":\"text\",\"text\":\"a\"}\n")
+            .await
+            .unwrap();
         drop(sink);
         // Nothing but the text until the grace passes; then the error.
         assert!(matches!(
@@ -1781,7 +1806,9 @@ mod tests {
         assert!(matches!(reg.next(&id).await, NextOutcome::Gone));
         assert_eq!(reg.position(&id, "ex_a").await.unwrap().received, 0);
         let mut sink = reg.begin_report(&id, "ex_a", 0).await.unwrap();
-        sink.push(b"{\"type\":\"text\",\"text\":\"a\"}\n").await.unwrap();
+        sink.push(b"{\"type\":\"text\",\"text\":\"a\"}\n")
+            .await
+            .unwrap();
         assert!(matches!(
             rx.recv().await,
             Some(InstanceOutput::Event(Event::Text { .. }))

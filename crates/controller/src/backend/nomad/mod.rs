@@ -458,7 +458,7 @@ impl NomadBackend {
         let (child, alloc) = record
             .handle
             .split_once('/')
-            .filter(|(c, a)| !c.is_empty() && !a.is_empty())
+            .filter(|(c, _)| !c.is_empty())
             .ok_or_else(|| BackendError::Launch("unreadable Nomad handle".into()))?;
         let id = InstanceId::new(record.instance_id.clone())
             .map_err(|e| BackendError::Launch(e.to_string()))?;
@@ -469,7 +469,11 @@ impl NomadBackend {
             .map_err(registry_error)?;
         inner.ledger.add(&id);
         inner.ledger.set_child(&id, child);
-        inner.ledger.bind(&id, alloc);
+        // Not known when the job was handed out before the watch bound it: the watch binds the
+        // child's first allocation, as for a cold launch.
+        if !alloc.is_empty() {
+            inner.ledger.bind(&id, alloc);
+        }
         let (out, output) = mpsc::channel(inner.cfg.output_buffer.max(1));
         let (cancel, cancel_rx) = CancelHandle::new();
         // Nobody waits for the start: the job was handed out long ago.

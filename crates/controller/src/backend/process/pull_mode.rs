@@ -51,7 +51,9 @@ use crate::backend::pull::{
     DEFAULT_MAX_REPORT_BYTES, DEFAULT_POLL_HOLD, InstanceId, InstanceRegistry, PrivateDir,
     RegistryConfig, RuntimeApi, TokenAuthenticator, check_runtime_url,
 };
-use crate::backend::{BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, InstanceRecord};
+use crate::backend::{
+    BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, InstanceRecord,
+};
 use crate::execution::unix_ms;
 
 /// How long an idle pull-mode runtime waits for a job before it is replaced (its token's
@@ -172,7 +174,8 @@ impl PullMode {
             handle: format!("{pid}:{start}"),
             credential_digest: digest,
             credential_expires_at_ms: left.map(|l| {
-                unix_ms(SystemTime::now()).saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX))
+                unix_ms(SystemTime::now())
+                    .saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX))
             }),
         };
         self.journal().insert(execution_id.to_owned(), record);
@@ -365,7 +368,10 @@ impl ProcessBackend {
         replenish: &mut Replenish<'_, ProcessStarter>,
     ) -> Option<Instance> {
         let ProcessIdle {
-            claim, instance, pid, ..
+            claim,
+            instance,
+            pid,
+            ..
         } = idle;
         let id = instance?;
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
@@ -489,9 +495,9 @@ impl ProcessBackend {
             .map_err(|e| BackendError::Launch(e.to_string()))?;
         if let Some(digest) = &record.credential_digest {
             let now = unix_ms(SystemTime::now());
-            let left = record
-                .credential_expires_at_ms
-                .map_or(pull.job_ttl, |t| Duration::from_millis(t.saturating_sub(now)));
+            let left = record.credential_expires_at_ms.map_or(pull.job_ttl, |t| {
+                Duration::from_millis(t.saturating_sub(now))
+            });
             pull.tokens
                 .restore(&id, digest, left)
                 .map_err(|e| BackendError::Launch(e.to_string()))?;
@@ -546,7 +552,6 @@ impl ProcessBackend {
     }
 }
 
-
 /// How often an adopted runtime's process is looked at.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
 
@@ -600,11 +605,7 @@ impl Adopted {
         self.pull.registry.remove(&self.id);
     }
 
-    async fn run(
-        mut self,
-        out: mpsc::Sender<InstanceOutput>,
-        mut cancel: oneshot::Receiver<()>,
-    ) {
+    async fn run(mut self, out: mpsc::Sender<InstanceOutput>, mut cancel: oneshot::Receiver<()>) {
         let grace = self.common.config.cancel_grace;
         let mut shutdown = self.common.shutdown.subscribe();
         let mut shutdown_seen = false;
@@ -683,7 +684,9 @@ impl Adopted {
             }
         }
         if let Some(tx) = out {
-            let mut notes = vec!["an adopted runtime (not this controller's child: exit status unknown)".to_owned()];
+            let mut notes = vec![
+                "an adopted runtime (not this controller's child: exit status unknown)".to_owned(),
+            ];
             if killed {
                 notes.push("killed (still running after SIGTERM)".into());
             } else if term_sent.is_some() {
