@@ -97,11 +97,7 @@ fn serve(req: Request) {
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // The runtime ties itself to this process (and to this thread: see above).
-            .envs(
-                (!spec.outlive)
-                    .then(|| ("PARENT_PID", std::process::id().to_string()))
-                    .into_iter(),
-            )
+            .envs((!spec.outlive).then(|| ("PARENT_PID", std::process::id().to_string())))
             // A runtime wakes up once per streamed token; glibc's restartable-sequences
             // registration costs a user-memory update on every return from a preempted syscall
             // (about 4% of a streaming runtime's CPU in docs/profile.md) and the runtime has no
