@@ -457,8 +457,9 @@ impl NomadBackend {
         }
         let (child, alloc) = record
             .handle
-            .split_once('/')
-            .filter(|(c, _)| !c.is_empty())
+            // Dispatched job ids contain `/` (`<parent>/dispatch-…`); allocation ids do not.
+            .rsplit_once('/')
+            .filter(|(c, _)| c.starts_with(&format!("{}/", inner.parent)))
             .ok_or_else(|| BackendError::Launch("unreadable Nomad handle".into()))?;
         let id = InstanceId::new(record.instance_id.clone())
             .map_err(|e| BackendError::Launch(e.to_string()))?;
