@@ -744,7 +744,28 @@ async fn real_runtime_process_pull_across_a_sigterm_restart() {
         })
         .unwrap();
     assert_eq!(status, "running");
+    let (backend, handle, digest): (String, String, Option<String>) = conn
+        .query_row(
+            "SELECT backend, handle, credential_digest FROM instance_records WHERE execution_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(backend, "process");
+    assert!(handle.starts_with(&format!("{pid}:")), "{handle}");
+    assert_eq!(digest.map(|d| d.len()), Some(64));
     drop(conn);
+    // No key (nor anything but digests) in the database files.
+    let key = polydev_test_support::fake_key(polydev_protocol::Provider::OpenAi);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&key),
+            "{} holds the key",
+            path.display()
+        );
+    }
     // B on the same address and database.
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {
