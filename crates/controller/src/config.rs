@@ -38,6 +38,7 @@ pub const ENV_HEADER_TIMEOUT: &str = "POLYDEV_HEADER_TIMEOUT";
 pub const ENV_BODY_TIMEOUT: &str = "POLYDEV_BODY_TIMEOUT";
 pub const ENV_SSE_KEEPALIVE: &str = "POLYDEV_SSE_KEEPALIVE";
 pub const ENV_SHUTDOWN_GRACE: &str = "POLYDEV_SHUTDOWN_GRACE";
+pub const ENV_REATTACH_GRACE: &str = "POLYDEV_REATTACH_GRACE";
 pub const ENV_MAX_EXECUTION_TIME: &str = "POLYDEV_MAX_EXECUTION_TIME";
 pub const ENV_RUNTIME_MODE: &str = "POLYDEV_RUNTIME_MODE";
 pub const ENV_PUBLIC_URL: &str = "POLYDEV_PUBLIC_URL";
@@ -239,6 +240,10 @@ pub struct ControllerConfig {
     pub connections: ConnectionLimits,
     pub sse_keepalive: Duration,
     pub shutdown_grace: Duration,
+    /// How long a runtime that reports over the runtime API may take to come back (after a
+    /// controller restart, or after its report broke) before its execution ends
+    /// (`POLYDEV_REATTACH_GRACE`, DESIGN.md 5.2).
+    pub reattach_grace: Duration,
     pub cancel_wait: Duration,
     pub max_execution_time: Duration,
     pub runtime_silence: SilenceLimits,
@@ -263,6 +268,7 @@ impl Default for ControllerConfig {
             connections: ConnectionLimits::for_streams(DEFAULT_MAX_STREAMS),
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            reattach_grace: polydev_protocol::report::DEFAULT_REATTACH_GRACE,
             cancel_wait: CANCEL_WAIT,
             max_execution_time: DEFAULT_MAX_EXECUTION_TIME,
             runtime_silence: SilenceLimits::default(),
@@ -417,6 +423,12 @@ pub struct ServeArgs {
     /// After SIGTERM, how long running executions may finish before they are cancelled.
     #[arg(long, env = ENV_SHUTDOWN_GRACE, value_parser = parse_duration, default_value = "3s")]
     pub shutdown_grace: Duration,
+
+    /// How long a pull-mode runtime (Nomad, the process backend's pull mode) may take to come
+    /// back before its execution ends `interrupted`: after a controller restart, the runtimes
+    /// of executions still `running` in the store; while running, one whose event report broke.
+    #[arg(long, env = ENV_REATTACH_GRACE, value_parser = parse_duration, default_value = "60s")]
+    pub reattach_grace: Duration,
 
     /// Longest an execution may run before the controller cancels it.
     #[arg(long, env = ENV_MAX_EXECUTION_TIME, value_parser = parse_duration, default_value = "11m")]
@@ -780,6 +792,7 @@ impl ServeArgs {
             },
             sse_keepalive: self.sse_keepalive.max(Duration::from_millis(100)),
             shutdown_grace: self.shutdown_grace,
+            reattach_grace: self.reattach_grace,
             cancel_wait: CANCEL_WAIT,
             max_execution_time: self.max_execution_time,
             runtime_silence: SilenceLimits::for_runtime(&self.runtime_env),

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     stop_background: CancellationToken,
     shutting_down: AtomicBool,
+    /// SIGTERM with a backend that detaches: journaled executions are left running.
+    detaching: AtomicBool,
     streams: AtomicUsize,
     backend_down_until: Mutex<Option<Instant>>,
 }
@@ -113,6 +115,10 @@ impl Controller {
     /// A controller over `backend`, recording into `store`. Call from within a Tokio runtime
     /// (it starts the retention task).
     pub fn new(config: ControllerConfig, backend: Arc<dyn Backend>, store: Store) -> Controller {
+        // The backend's runtime API waits this long for a broken report to resume.
+        if let Some(api) = backend.runtime_api() {
+            api.registry.set_reattach_grace(config.reattach_grace);
+        }
         let scheduler = Scheduler::new(
             config.max_concurrency,
             config.queue_size,
@@ -129,6 +135,7 @@ impl Controller {
             tracker: TaskTracker::new(),
             stop_background: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
+            detaching: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
             backend_down_until: Mutex::new(None),
         });
@@ -223,6 +230,48 @@ impl Controller {
     }
 
     /// The live execution `id`, if still in memory.
+    /// Takes back the executions a previous run left `running` with their runtimes still
+    /// reporting to this controller (DESIGN.md 5.2; [`crate::store::Store::open_adopting`]):
+    /// each is live again, status `running`, its log rebuilt from what its runtime resends,
+    /// and ends `interrupted` if the runtime does not come back within
+    /// [`ControllerConfig::reattach_grace`]. Returns how many were adopted.
+    pub fn adopt(&self, found: Vec<crate::store::Adoptable>) -> usize {
+        let sh = &self.shared;
+        let mut adopted = 0;
+        for a in found {
+            let Ok(provider) = a.record.provider.parse::<polydev_protocol::Provider>() else {
+                tracing::warn!(execution_id = %a.record.id, "cannot adopt: unknown provider");
+                let mut r = a.record;
+                r.status = "failed".into();
+                r.error_kind = Some("interrupted".into());
+                r.ended_at_ms = Some(unix_ms(SystemTime::now()));
+                sh.store.put(r);
+                sh.store.forget_instance(&a.instance.execution_id);
+                continue;
+            };
+            let exec = Arc::new(Execution::adopted(
+                &a.record,
+                provider,
+                sh.config.max_event_log_bytes,
+                a.last_seq.unwrap_or(0),
+            ));
+            lock(&sh.registry)
+                .map
+                .insert(exec.id.clone(), Arc::clone(&exec));
+            let permit = sh.scheduler.adopt(&exec.user_id);
+            tracing::info!(
+                execution_id = %exec.id,
+                instance = %a.instance.instance_id,
+                "adopting a running execution; waiting for its runtime"
+            );
+            let driver =
+                crate::driver::adopt(Arc::clone(sh), Arc::clone(&exec), a.instance, permit);
+            sh.tracker.spawn(driver);
+            adopted += 1;
+        }
+        adopted
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Execution>> {
         lock(&self.shared.registry).map.get(id).cloned()
     }
@@ -359,6 +408,10 @@ impl Controller {
         if sh.shutting_down.swap(true, Ordering::SeqCst) {
             return;
         }
+        if sh.backend.detaches() {
+            self.detach().await;
+            return;
+        }
         let active = self.active().len();
         tracing::info!(
             active,
@@ -409,6 +462,62 @@ impl Controller {
         tracing::info!("controller stopped");
     }
 
+    /// Shutdown with a backend whose runtimes outlive the controller (DESIGN.md 5.2): stop
+    /// admitting, leave every journaled execution running (row `running`, instance record
+    /// kept, runtime untouched) for the next controller to adopt, close its client streams
+    /// with no further event, and stop. Executions not handed to a runtime yet end as usual.
+    async fn detach(&self) {
+        let sh = &self.shared;
+        let active = self.active();
+        tracing::info!(
+            active = active.len(),
+            "shutting down: no longer admitting; detaching from running executions"
+        );
+        sh.detaching.store(true, Ordering::SeqCst);
+        // Runtimes reporting now are told to come back (503), not to stop (410).
+        if let Some(api) = sh.backend.runtime_api() {
+            api.registry.detach();
+        }
+        sh.scheduler.close();
+        sh.tracker.close();
+        // The backend lets go of its instances first (no signal, no cancel), so that the
+        // drivers, whose instance outputs then close, record nothing.
+        if tokio::time::timeout(BACKEND_SHUTDOWN_TIMEOUT, sh.backend.detach())
+            .await
+            .is_err()
+        {
+            tracing::error!("the backend did not detach in time");
+        }
+        let mut detached = 0;
+        for e in self.active() {
+            if sh.detached(&e) {
+                // Where its clients may have read to: a terminal event the next controller logs
+                // before its rebuilt log gets there is numbered above it.
+                e.detach_streams();
+                sh.store.note_detached(&e.id, e.last_seq());
+                detached += 1;
+            }
+        }
+        // Drivers of executions that were not handed out yet end them (queued ones at once).
+        let bound = sh.config.cancel_wait + Duration::from_secs(1);
+        if tokio::time::timeout(bound, sh.tracker.wait())
+            .await
+            .is_err()
+        {
+            for e in self.active() {
+                if !sh.detached(&e) {
+                    e.request_cancel(CancelReason::Shutdown);
+                }
+            }
+        }
+        sh.stop_background.cancel();
+        sh.store.flush().await;
+        tracing::info!(
+            detached,
+            "controller stopped; runtimes left running for the next one"
+        );
+    }
+
     fn active(&self) -> Vec<Arc<Execution>> {
         lock(&self.shared.registry)
             .map
@@ -435,6 +544,10 @@ impl Shared {
     /// Logs `event` as the execution's terminal event if it has none yet, and records the
     /// outcome. The one place an execution ends.
     pub(crate) fn end(&self, exec: &Arc<Execution>, event: Event) {
+        // Detached: it keeps running and the next controller records how it ends.
+        if self.detached(exec) {
+            return;
+        }
         if exec.append(&event) == Appended::Terminal {
             self.ended(exec);
         }
@@ -449,8 +562,29 @@ impl Shared {
     }
 
     /// Bookkeeping once an execution has logged its terminal event.
+    /// Whether the controller detached from `exec` (shutting down with a backend whose runtimes
+    /// outlive it, and `exec`'s instance is journaled).
+    pub(crate) fn detached(&self, exec: &Execution) -> bool {
+        self.detaching.load(Ordering::SeqCst) && exec.journaled.load(Ordering::SeqCst)
+    }
+
+    /// Journals the instance running `exec`, if its backend lets it outlive the controller.
+    pub(crate) fn journal(&self, exec: &Execution) {
+        if let Some(record) = self.backend.instance_record(&exec.id) {
+            exec.journaled.store(true, Ordering::SeqCst);
+            self.store.put_instance(record);
+        }
+    }
+
     pub(crate) fn ended(&self, exec: &Arc<Execution>) {
         self.recorded(exec);
+        if exec.journaled.swap(false, Ordering::SeqCst) {
+            self.store.forget_instance(&exec.id);
+            // Its runtime, if it reports again, is told to stop.
+            if let Some(api) = self.backend.runtime_api() {
+                api.registry.end_execution(&exec.id);
+            }
+        }
         let outcome = exec.outcome().unwrap_or("internal");
         let ttft = exec.ttft();
         let duration = exec.duration();

@@ -16,11 +16,11 @@ use std::time::Duration;
 use polydev_protocol::{ApiKey, ErrorEvent, ErrorKind, Event, Job};
 use tokio::time::{Instant, sleep_until};
 
-use crate::backend::{BackendError, ExitInfo, Instance, InstanceOutput};
+use crate::backend::{BackendError, ExitInfo, Instance, InstanceOutput, InstanceRecord};
 use crate::controller::Shared;
 use crate::execution::{Appended, CancelReason, Execution};
 use crate::policy::redact_line;
-use crate::scheduler::Admission;
+use crate::scheduler::{Admission, Permit};
 
 /// Why the driver asked the runtime to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,8 @@ enum Stop {
     Overflow,
     /// The runtime sent nothing for longer than its own timeouts allow: it is hung.
     Silent(Duration),
+    /// An adopted execution's runtime did not come back within the reattach grace.
+    NotBack(Duration),
 }
 
 /// Ends the execution if the driver stops without having ended it (a bug or a panic): the
@@ -142,7 +144,58 @@ pub(crate) async fn drive(
         .metrics
         .launched(instance.warm, instance.claim_latency, queue_wait);
     shared.recorded(&exec);
-    pump(&shared, &exec, instance, &secret).await;
+    shared.journal(&exec);
+    let deadline = Instant::now() + shared.config.max_execution_time;
+    pump(&shared, &exec, instance, &secret, deadline, None).await;
+    drop(permit);
+}
+
+/// Drives an execution a restarted controller adopted (DESIGN.md 5.2): the backend watches
+/// the instance again and the same pump relays what the runtime resends. A runtime that sends
+/// nothing within the reattach grace is cancelled and the execution ends `interrupted`.
+pub(crate) async fn adopt(
+    shared: Arc<Shared>,
+    exec: Arc<Execution>,
+    record: InstanceRecord,
+    permit: Permit,
+) {
+    let _guard = EndGuard {
+        shared: Arc::clone(&shared),
+        exec: Arc::clone(&exec),
+    };
+    let grace = shared.config.reattach_grace;
+    let reattach_by = Instant::now() + grace;
+    let instance = match shared.backend.adopt(record).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(execution_id = %exec.id, error = %e, "cannot adopt the runtime");
+            let e = error(
+                &exec,
+                ErrorKind::Interrupted,
+                format!("the controller restarted and could not take this execution back: {e}"),
+            );
+            shared.end(&exec, e);
+            return;
+        }
+    };
+    // The execution limit counts from its original start.
+    let left = shared
+        .config
+        .max_execution_time
+        .saturating_sub(exec.running_for());
+    let deadline = Instant::now() + left;
+    // No key is known here (it never reaches the store); runtime lines are logged unmasked
+    // only if they are garbage, and the runtime never echoes the key.
+    let secret = ApiKey::new(String::new());
+    pump(
+        &shared,
+        &exec,
+        instance,
+        &secret,
+        deadline,
+        Some(reattach_by),
+    )
+    .await;
     drop(permit);
 }
 
@@ -152,9 +205,13 @@ async fn pump(
     exec: &Arc<Execution>,
     mut instance: Instance,
     secret: &ApiKey,
+    deadline: Instant,
+    reattach_by: Option<Instant>,
 ) {
     let cfg = &shared.config;
-    let mut deadline = Instant::now() + cfg.max_execution_time;
+    let mut deadline = deadline;
+    let reattach = reattach_by.map(sleep_until);
+    tokio::pin!(reattach);
     let mut stop: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
     let mut late_events = 0u64;
@@ -218,7 +275,14 @@ async fn pump(
                 Some(InstanceOutput::Exited(info)) => {
                     if !exec.is_ended() {
                         shared.metrics.synthesized_terminal();
-                        let e = exit_error(exec, &info, stop, shared);
+                        // An adopted runtime that is gone before it sent anything never came
+                        // back.
+                        let not_back = reattach_by.is_some() && last_output.is_none();
+                        let e = if not_back {
+                            stopped_error(exec, Stop::NotBack(cfg.reattach_grace), shared)
+                        } else {
+                            exit_error(exec, &info, stop, shared)
+                        };
                         let detail = info.detail.as_deref().unwrap_or("");
                         tracing::warn!(
                             execution_id = %exec.id,
@@ -246,7 +310,7 @@ async fn pump(
                 }
             },
             // Completes once; `stop` is set then, so it is never polled again.
-            () = &mut cancelled, if stop.is_none() => {
+            () = &mut cancelled, if stop.is_none() && !shared.detached(exec) => {
                 let reason = exec.cancel_reason().unwrap_or(CancelReason::Client);
                 instance.cancel.cancel();
                 stop = Some(Stop::Cancel(reason));
@@ -262,6 +326,17 @@ async fn pump(
                 } else {
                     silence.as_mut().reset(due);
                 }
+            }
+            // An adopted execution whose runtime has not come back within the grace.
+            () = async { if let Some(t) = reattach.as_mut().as_pin_mut() { t.await } },
+                if reattach_by.is_some() && last_output.is_none() && stop.is_none() => {
+                let s = Stop::NotBack(cfg.reattach_grace);
+                tracing::warn!(execution_id = %exec.id, "the adopted execution's runtime did not come back");
+                shared.metrics.synthesized_terminal();
+                shared.end(exec, stopped_error(exec, s, shared));
+                instance.cancel.cancel();
+                stop = Some(s);
+                kill_at = Some(Instant::now() + cfg.cancel_wait);
             }
             () = &mut deadline_timer, if stop.is_none() => {
                 instance.cancel.cancel();
@@ -388,6 +463,18 @@ fn stopped_error(exec: &Execution, stop: Stop, shared: &Shared) -> Event {
                 limit.as_secs()
             ),
         ),
+        Stop::NotBack(grace) => Event::Error(ErrorEvent {
+            retryable: true,
+            partial: exec.output_started(),
+            ..ErrorEvent::new(
+                ErrorKind::Interrupted,
+                format!(
+                    "the controller restarted and this execution's runtime did not come back \
+                     within {} s",
+                    grace.as_secs()
+                ),
+            )
+        }),
         Stop::Linger | Stop::Overflow => error(
             exec,
             ErrorKind::Internal,

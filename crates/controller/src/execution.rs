@@ -159,6 +159,18 @@ pub struct Execution {
     /// The number of events in the log; subscribers wait on changes.
     version: watch::Sender<u64>,
     cancel: Notify,
+    /// The store holds an instance record for it (deleted when it ends).
+    pub(crate) journaled: std::sync::atomic::AtomicBool,
+    /// Taken back after a controller restart: its log is being rebuilt from what its runtime
+    /// resends, so a client may resume from an event id this log has not reached yet.
+    pub adopted: bool,
+    /// Adopted: the last `seq` the previous controller had logged when it detached (0 if it
+    /// did not say, a crash). A terminal event logged before the rebuilt log caught up gets a
+    /// `seq` above it, so that a client that saw up to there still receives it, once.
+    floor: u64,
+    /// The controller detached from it at shutdown: its client streams end, with no further
+    /// event, and the next controller adopts it.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -292,7 +304,53 @@ impl Execution {
             }),
             version,
             cancel: Notify::new(),
+            journaled: std::sync::atomic::AtomicBool::new(false),
+            adopted: false,
+            floor: 0,
+            detached: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// An execution a restarted controller takes back from its stored row (DESIGN.md 5.2):
+    /// `running`, with the row's times, and its `start` event logged as `seq` 1 as at
+    /// admission, so the events its runtime resends get the sequence numbers they had.
+    pub fn adopted(
+        record: &crate::store::Record,
+        provider: Provider,
+        max_log_bytes: u64,
+        floor: u64,
+    ) -> Execution {
+        let mut e = Execution::new(
+            record.id.clone(),
+            record.user_id.clone(),
+            provider,
+            record.model.clone(),
+            max_log_bytes,
+        );
+        let now_ms = unix_ms(SystemTime::now());
+        e.created_at_ms = record.created_at_ms;
+        let age = std::time::Duration::from_millis(now_ms.saturating_sub(record.created_at_ms));
+        e.created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        e.adopted = true;
+        e.floor = floor;
+        e.journaled = std::sync::atomic::AtomicBool::new(true);
+        {
+            let mut s = e.lock();
+            s.status = Status::Running;
+            let run = std::time::Duration::from_millis(
+                now_ms.saturating_sub(record.started_at_ms.unwrap_or(now_ms)),
+            );
+            s.started = Some(Instant::now().checked_sub(run).unwrap_or_else(Instant::now));
+            s.started_at_ms = record.started_at_ms.or(Some(now_ms));
+            s.warm = record.warm;
+        }
+        e.append(&e.start_event());
+        e
+    }
+
+    /// How long it has been running (zero before it started).
+    pub fn running_for(&self) -> std::time::Duration {
+        self.lock().started.map(|t| t.elapsed()).unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -367,7 +425,10 @@ impl Execution {
             Event::Error(e) => s.error = Some(e.clone()),
             Event::Start { .. } | Event::Ready => {}
         }
-        let seq = s.events.len() as u64 + 1;
+        let mut seq = s.events.last().map_or(0, |e| e.seq) + 1;
+        if terminal && self.adopted {
+            seq = seq.max(self.floor + 1);
+        }
         s.log_bytes += size;
         s.events.push(LoggedEvent {
             seq,
@@ -449,6 +510,19 @@ impl Execution {
         }
     }
 
+    /// Ends every stream of this execution without a further event (the controller detaches
+    /// from it at shutdown; clients resume on the next controller with `Last-Event-ID`).
+    pub fn detach_streams(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes every waiting stream, which then sees the flag.
+        self.version.send_modify(|_| {});
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Subscribes to new events; read them with [`Execution::events_after`].
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
@@ -457,15 +531,14 @@ impl Execution {
     /// Up to `max` logged events with `seq > after`.
     pub fn events_after(&self, after: u64, max: usize) -> Vec<LoggedEvent> {
         let s = self.lock();
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(s.events.len());
+        // Sequence numbers increase (by one, but for an adopted execution's terminal event).
+        let start = s.events.partition_point(|e| e.seq <= after);
         s.events[start..].iter().take(max).cloned().collect()
     }
 
     /// Number of events logged.
     pub fn last_seq(&self) -> u64 {
-        self.lock().events.len() as u64
+        self.lock().events.last().map_or(0, |e| e.seq)
     }
 
     /// Time from admission to the first answer or reasoning token.

@@ -116,11 +116,18 @@ async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let (store, interrupted) = Store::open(&args.db)
+    // Executions of a backend whose runtimes outlive the controller stay `running` and are
+    // adopted once the controller is up (DESIGN.md 5.2).
+    let adopting = match (args.backend, args.runtime_api.runtime_mode) {
+        (BackendKind::Nomad, _) => Some("nomad"),
+        (BackendKind::Process, RuntimeMode::Pull) => Some("process"),
+        _ => None,
+    };
+    let (store, recovery) = Store::open_adopting(&args.db, adopting)
         .map_err(|e| format!("cannot open the database {}: {e}", args.db.display()))?;
-    if interrupted > 0 {
+    if recovery.interrupted > 0 {
         tracing::warn!(
-            count = interrupted,
+            count = recovery.interrupted,
             "marked executions left unfinished by the previous run as failed (interrupted)"
         );
     }
@@ -141,6 +148,13 @@ async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("polydev-controller listening on {scheme}://{addr}");
     let controller = Controller::new(config, backend, store);
+    let adopted = controller.adopt(recovery.adoptable);
+    if adopted > 0 {
+        tracing::info!(
+            count = adopted,
+            "adopted executions left running by the previous run; waiting for their runtimes"
+        );
+    }
     run_tls(listener, tls, controller, shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))

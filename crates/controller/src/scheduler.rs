@@ -153,6 +153,21 @@ impl Scheduler {
         Ok(out)
     }
 
+    /// A slot for an execution a restarted controller adopts: it is already running, so it
+    /// takes a slot even above the limit (and above the user's limit); new work waits until
+    /// enough of them end.
+    pub fn adopt(self: &Arc<Self>, user: &str) -> Permit {
+        let mut s = self.lock();
+        *s.users.entry(user.to_owned()).or_insert(0) += 1;
+        s.running += 1;
+        s.peak_running = s.peak_running.max(s.running);
+        drop(s);
+        Permit {
+            sched: Arc::clone(self),
+            user: user.to_owned(),
+        }
+    }
+
     /// Stops admitting; every waiter is refused (its [`Queued::wait`] returns `None`).
     pub fn close(&self) {
         let waiters: Vec<Waiter> = {

@@ -5,7 +5,7 @@
 //!
 //! SQLite calls block, so one dedicated thread owns the connection and takes commands over a
 //! channel; writes queued while it works are applied in one transaction. The channel is
-//! unbounded but its contents are bounded by admission: at most three writes per admitted
+//! unbounded but its contents are bounded by admission: at most five writes per admitted
 //! execution, and admitted executions are bounded by the scheduler. Senders never wait, so a
 //! slow disk never stalls a stream, and writes can be issued from `Drop`.
 //!
@@ -16,6 +16,13 @@
 //! thread records a heartbeat every few seconds; on open, rows a crash left `queued` or
 //! `running` are marked `failed` / `interrupted` with the last heartbeat as their end time (when
 //! the dead controller was last known alive), not the restart time.
+//!
+//! Executions of a pull backend can outlive the controller (DESIGN.md 5.2): when such a job
+//! is handed to an instance, the controller journals an [`InstanceRecord`] (ids, the backend's
+//! handle, the credential's digest and expiry; never a key or token) in `instance_records`, and
+//! deletes it when the execution ends. [`Store::open_adopting`] leaves the `running` rows that
+//! have a record of the configured backend `running` and returns them for adoption; every
+//! other non-terminal row is marked as above, and the records of rows not adopted are deleted.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -25,6 +32,7 @@ use polydev_protocol::Usage;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use crate::backend::InstanceRecord;
 use crate::execution::unix_ms;
 
 /// Why the store could not be opened or read. Messages name no file path (they may reach an
@@ -64,8 +72,29 @@ pub struct Record {
     pub warm: Option<bool>,
 }
 
+/// A `running` execution a restarted controller takes back: its row and its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoptable {
+    pub record: Record,
+    pub instance: InstanceRecord,
+    /// The last event `seq` the previous controller logged, if it detached (not crashed).
+    pub last_seq: Option<u64>,
+}
+
+/// What [`Store::open_adopting`] found.
+#[derive(Debug)]
+pub struct Recovery {
+    /// Rows a crash left non-terminal that were marked `failed`/`interrupted`.
+    pub interrupted: usize,
+    /// Rows left `running` for adoption.
+    pub adoptable: Vec<Adoptable>,
+}
+
 enum Command {
     Upsert(Box<Record>),
+    PutInstance(Box<InstanceRecord>),
+    ForgetInstance(String),
+    Detached(String, u64),
     Get(String, oneshot::Sender<Result<Option<Record>, StoreError>>),
     Recent(usize, oneshot::Sender<Result<Vec<Record>, StoreError>>),
     Flush(oneshot::Sender<()>),
@@ -81,6 +110,9 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Upsert(r) => write!(f, "Upsert({})", r.id),
+            Command::PutInstance(r) => write!(f, "PutInstance({})", r.execution_id),
+            Command::ForgetInstance(id) => write!(f, "ForgetInstance({id})"),
+            Command::Detached(id, seq) => write!(f, "Detached({id}, {seq})"),
             Command::Get(id, _) => write!(f, "Get({id})"),
             Command::Recent(n, _) => write!(f, "Recent({n})"),
             Command::Flush(_) => f.write_str("Flush"),
@@ -111,6 +143,15 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_user_created ON executions (user_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status);
 CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at_ms);
+CREATE TABLE IF NOT EXISTS instance_records (
+    execution_id TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    credential_digest TEXT,
+    credential_expires_at_ms INTEGER,
+    last_seq INTEGER
+);
 CREATE TABLE IF NOT EXISTS controller_heartbeat (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     alive_at_ms INTEGER NOT NULL
@@ -132,17 +173,30 @@ impl Store {
     /// `failed`/`interrupted`, and starts the store thread. Returns how many rows were marked.
     /// Fails with [`StoreError::Locked`], touching nothing, while another store holds the file.
     pub fn open(path: &Path) -> Result<(Store, usize), StoreError> {
+        Self::open_adopting(path, None).map(|(s, r)| (s, r.interrupted))
+    }
+
+    /// Like [`Store::open`], but the `running` rows with an instance record of backend
+    /// `adopt` (the configured backend, when it can adopt) stay `running` and are returned.
+    pub fn open_adopting(
+        path: &Path,
+        adopt: Option<&str>,
+    ) -> Result<(Store, Recovery), StoreError> {
         let lock = lock_file(path)?;
         let conn = Connection::open(path)?;
-        Self::start(conn, Some(lock))
+        Self::start(conn, Some(lock), adopt)
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Self::start(Connection::open_in_memory()?, None).map(|(s, _)| s)
+        Self::start(Connection::open_in_memory()?, None, None).map(|(s, _)| s)
     }
 
-    fn start(conn: Connection, lock: Option<std::fs::File>) -> Result<(Store, usize), StoreError> {
+    fn start(
+        conn: Connection,
+        lock: Option<std::fs::File>,
+        adopt: Option<&str>,
+    ) -> Result<(Store, Recovery), StoreError> {
         // WAL: readers never block the writer; NORMAL sync is durable across process crashes
         // (only an OS crash can lose the last transactions).
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -161,11 +215,22 @@ impl Store {
             )
             .optional()?
             .unwrap_or(now);
+        let adoptable = match adopt {
+            Some(backend) => adoptable(&conn, backend)?,
+            None => Vec::new(),
+        };
         let interrupted = conn.execute(
             "UPDATE executions SET status = 'failed', error_kind = 'interrupted', \
              ended_at_ms = max(?1, created_at_ms, coalesce(started_at_ms, 0)) \
-             WHERE status IN ('queued', 'running')",
-            params![last_alive],
+             WHERE status IN ('queued', 'running') AND NOT (status = 'running' AND id IN \
+             (SELECT execution_id FROM instance_records WHERE backend = ?2))",
+            params![last_alive, adopt.unwrap_or("")],
+        )?;
+        // Records of executions not adopted have nothing left to accept.
+        conn.execute(
+            "DELETE FROM instance_records WHERE backend != ?1 OR execution_id NOT IN \
+             (SELECT id FROM executions WHERE status = 'running')",
+            params![adopt.unwrap_or("")],
         )?;
         beat(&conn, now)?;
         let (tx, rx) = mpsc::channel();
@@ -177,7 +242,39 @@ impl Store {
                 drop(lock);
             })
             .map_err(StoreError::Thread)?;
-        Ok((Store { tx }, interrupted))
+        Ok((
+            Store { tx },
+            Recovery {
+                interrupted,
+                adoptable,
+            },
+        ))
+    }
+
+    /// Journals the instance that runs an execution; never waits.
+    pub fn put_instance(&self, record: InstanceRecord) {
+        if self
+            .tx
+            .send(Command::PutInstance(Box::new(record)))
+            .is_err()
+        {
+            tracing::error!("instance record lost: the store thread is gone");
+        }
+    }
+
+    /// Notes, at a detaching shutdown, the last event `seq` of `execution_id` (its client
+    /// streams may have reached it); never waits.
+    pub fn note_detached(&self, execution_id: &str, last_seq: u64) {
+        let _ = self
+            .tx
+            .send(Command::Detached(execution_id.to_owned(), last_seq));
+    }
+
+    /// Forgets the instance record of `execution_id` (it ended); never waits.
+    pub fn forget_instance(&self, execution_id: &str) {
+        let _ = self
+            .tx
+            .send(Command::ForgetInstance(execution_id.to_owned()));
     }
 
     /// Writes (inserts or replaces) a record; never waits.
@@ -278,7 +375,12 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Upsert(r) => writes.push(r),
+                Command::Upsert(_)
+                | Command::PutInstance(_)
+                | Command::ForgetInstance(_)
+                | Command::Detached(..) => {
+                    writes.push(cmd);
+                }
                 other => others.push(other),
             }
             if writes.len() + others.len() < BATCH {
@@ -301,7 +403,10 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
                 Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
-                Command::Upsert(_) => {}
+                Command::Upsert(_)
+                | Command::PutInstance(_)
+                | Command::ForgetInstance(_)
+                | Command::Detached(..) => {}
             }
         }
     }
@@ -313,9 +418,17 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-fn write_batch(conn: &mut Connection, records: &[Box<Record>]) -> rusqlite::Result<()> {
+fn write_batch(conn: &mut Connection, writes: &[Command]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
+        let mut put = tx.prepare_cached(
+            "INSERT OR REPLACE INTO instance_records (execution_id, instance_id, backend, handle, \
+             credential_digest, credential_expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut forget =
+            tx.prepare_cached("DELETE FROM instance_records WHERE execution_id = ?1")?;
+        let mut detached =
+            tx.prepare_cached("UPDATE instance_records SET last_seq = ?2 WHERE execution_id = ?1")?;
         let mut stmt = tx.prepare_cached(
             "INSERT INTO executions (id, user_id, provider, model, status, created_at_ms, \
              started_at_ms, ended_at_ms, ttft_ms, input_tokens, output_tokens, reasoning_tokens, \
@@ -330,7 +443,30 @@ fn write_batch(conn: &mut Connection, records: &[Box<Record>]) -> rusqlite::Resu
              finish_reason = excluded.finish_reason, error_kind = excluded.error_kind, \
              warm = excluded.warm",
         )?;
-        for r in records {
+        for cmd in writes {
+            let r = match cmd {
+                Command::Upsert(r) => r,
+                Command::PutInstance(i) => {
+                    put.execute(params![
+                        i.execution_id,
+                        i.instance_id,
+                        i.backend,
+                        i.handle,
+                        i.credential_digest,
+                        opt_i64(i.credential_expires_at_ms),
+                    ])?;
+                    continue;
+                }
+                Command::ForgetInstance(id) => {
+                    forget.execute(params![id])?;
+                    continue;
+                }
+                Command::Detached(id, seq) => {
+                    detached.execute(params![id, opt_i64(Some(*seq))])?;
+                    continue;
+                }
+                _ => continue,
+            };
             let u = r.usage.as_ref();
             stmt.execute(params![
                 r.id,
@@ -359,6 +495,39 @@ fn write_batch(conn: &mut Connection, records: &[Box<Record>]) -> rusqlite::Resu
 const COLUMNS: &str = "id, user_id, provider, model, status, created_at_ms, started_at_ms, \
     ended_at_ms, ttft_ms, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, \
     cache_write_tokens, finish_reason, error_kind, warm";
+
+/// The `running` rows with an instance record of `backend`.
+fn adoptable(conn: &Connection, backend: &str) -> rusqlite::Result<Vec<Adoptable>> {
+    let cols = COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {cols}, i.instance_id, i.backend, i.handle, i.credential_digest, \
+         i.credential_expires_at_ms, i.last_seq FROM executions e JOIN instance_records i \
+         ON i.execution_id = e.id WHERE e.status = 'running' AND i.backend = ?1 \
+         ORDER BY e.created_at_ms"
+    ))?;
+    stmt.query_map(params![backend], |row| {
+        let record = row_record(row)?;
+        let instance = InstanceRecord {
+            execution_id: record.id.clone(),
+            instance_id: row.get(17)?,
+            backend: row.get(18)?,
+            handle: row.get(19)?,
+            credential_digest: row.get(20)?,
+            credential_expires_at_ms: row.get::<_, Option<i64>>(21)?.map(|v| v.max(0) as u64),
+        };
+        let last_seq = row.get::<_, Option<i64>>(22)?.map(|v| v.max(0) as u64);
+        Ok(Adoptable {
+            record,
+            instance,
+            last_seq,
+        })
+    })?
+    .collect()
+}
 
 fn read(conn: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
     let mut stmt =
@@ -482,6 +651,61 @@ mod tests {
         assert_eq!(r.error_kind.as_deref(), Some("interrupted"));
         assert!(r.ended_at_ms.is_some());
         assert_eq!(s.get("d").await.unwrap().unwrap().status, "succeeded");
+    }
+
+    fn instance(exec: &str, backend: &str) -> InstanceRecord {
+        InstanceRecord {
+            execution_id: exec.into(),
+            instance_id: format!("pi_{exec}"),
+            backend: backend.into(),
+            handle: "1234:5678".into(),
+            credential_digest: Some("ab".repeat(32)),
+            credential_expires_at_ms: Some(99),
+        }
+    }
+
+    #[tokio::test]
+    async fn running_rows_with_an_instance_record_are_kept_for_adoption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let (s, _) = Store::open(&path).unwrap();
+            s.put(record("a", "running"));
+            s.put_instance(instance("a", "process"));
+            s.put(record("b", "running"));
+            s.put_instance(instance("b", "nomad"));
+            s.put(record("c", "running"));
+            s.put(record("d", "succeeded"));
+            s.put_instance(instance("d", "process"));
+            s.put(record("e", "running"));
+            s.put_instance(instance("e", "process"));
+            s.forget_instance("e");
+            s.flush().await;
+        }
+        let (s, rec) = Store::open_adopting(&path, Some("process")).unwrap();
+        assert_eq!(
+            rec.interrupted, 3,
+            "b (another backend), c (no record), e (forgotten)"
+        );
+        assert_eq!(rec.adoptable.len(), 1);
+        assert_eq!(rec.adoptable[0].record.id, "a");
+        assert_eq!(rec.adoptable[0].record.status, "running");
+        assert_eq!(rec.adoptable[0].instance, instance("a", "process"));
+        assert_eq!(s.get("a").await.unwrap().unwrap().status, "running");
+        assert_eq!(s.get("b").await.unwrap().unwrap().status, "failed");
+        drop(s);
+        // Only the adopted execution's record is left; opened without adoption, it goes too.
+        let (_s, rec) = Store::open_adopting(&path, Some("process")).unwrap();
+        assert_eq!(rec.adoptable.len(), 1);
+        drop(_s);
+        let (_s, n) = Store::open(&path).unwrap();
+        assert_eq!(n, 1);
+        drop(_s);
+        let conn = Connection::open(&path).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM instance_records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[tokio::test]

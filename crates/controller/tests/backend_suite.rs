@@ -60,6 +60,9 @@ trait Probe: Send + Sync {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
+    /// Stops every runtime the backend left running on purpose (a backend that detaches at
+    /// shutdown, DESIGN.md 5.2), as the next controller or an operator would.
+    fn stop_detached(&self) {}
 }
 
 /// A backend under test.
@@ -169,6 +172,16 @@ impl Probe for ProcessProbe {
             left.push(format!("private directory {} still there", dir.display()));
         }
         left
+    }
+
+    fn stop_detached(&self) {
+        for pid in self.seen.lock().unwrap().iter() {
+            if process_alive(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 }
 
@@ -602,9 +615,10 @@ async fn shutdown_leaves_nothing_running(make: Make) {
     };
     w.set_pool(2).await;
     let mut streams = Vec::new();
+    let mut ids = Vec::new();
     for p in [Provider::OpenAi, Provider::Google] {
         let mut r = w.open(job(p, "len400-rate20")).await;
-        until_text(&mut r).await;
+        ids.push(until_text(&mut r).await);
         streams.push(r);
     }
     // Records every instance (running and idle) for `leftovers`.
@@ -613,14 +627,33 @@ async fn shutdown_leaves_nothing_running(make: Make) {
     let readers = tokio::spawn(async move {
         let mut lasts = Vec::new();
         for mut r in streams {
-            lasts.push(r.rest().await.pop().unwrap());
+            lasts.push(r.rest().await.pop());
         }
         lasts
     });
+    let detaches = w.built.backend.detaches();
     w.shutdown().await;
-    for last in readers.await.unwrap() {
-        assert_eq!(last.event, "error", "{last:?}");
-        assert_eq!(last.data["kind"], "interrupted", "{last:?}");
+    let lasts = readers.await.unwrap();
+    if detaches {
+        // Runtimes that outlive the controller (DESIGN.md 5.2): each stream closed with no
+        // terminal event, each row stays `running` for the next controller to adopt (see
+        // tests/resume.rs); the idle ones were stopped. Then stop the rest as it would.
+        for (last, id) in lasts.iter().zip(&ids) {
+            assert!(!last.as_ref().is_some_and(is_terminal), "{last:?}");
+            assert_eq!(sqlite_rows(&w.db, id), ["running"], "{id}");
+        }
+        w.built.probe.stop_detached();
+        let probe = Arc::clone(&w.built.probe);
+        eventually("the detached runtimes are stopped", || {
+            probe.leftovers().is_empty()
+        })
+        .await;
+    } else {
+        for last in lasts {
+            let last = last.expect("the stream ended with no event");
+            assert_eq!(last.event, "error", "{last:?}");
+            assert_eq!(last.data["kind"], "interrupted", "{last:?}");
+        }
     }
     assert_eq!(w.built.probe.leftovers(), Vec::<String>::new());
     eventually("the upstreams are closed", || {
@@ -938,6 +971,16 @@ impl Probe for NomadProbe {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+
+    fn stop_detached(&self) {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                for j in self.fake.jobs().into_iter().filter(|j| j.dispatched) {
+                    let _ = self.client.stop_job(&j.id, true).await;
+                }
+            })
+        });
     }
 }
 

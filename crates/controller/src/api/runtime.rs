@@ -8,7 +8,13 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /runtime/v1/next` | `200` the job (once) · `204` nothing yet, poll again (after ~25 s) · `410` no job will come, exit · `401` bad or expired credential |
-//! | `POST /runtime/v1/executions/{id}/events` | one chunked NDJSON body with the runtime's events; `204` once it ended · `401` · `403` another instance's execution · `409` not fetched, or already reported · `410` instance gone · `413` line or body too large |
+//! | `GET /runtime/v1/executions/{id}/events` | the resume handshake: `200` `{"received": N}`, the lines the controller holds · `401` · `403` · `409` not fetched · `410` the execution takes no more report, exit |
+//! | (both, while the controller detaches at shutdown) | `503`: report again, to the next controller |
+//! | `POST /runtime/v1/executions/{id}/events` | a chunked NDJSON body with the runtime's output lines from line `polydev-event-offset` (absent: 0); `204` once it ended · `401` · `403` another instance's execution · `409` not fetched, or not at the controller's position (body `{"received": N}` too) · `410` the execution takes no more report · `413` line or body too large |
+//!
+//! The report protocol, including how a broken report is resumed, is
+//! `polydev_protocol::report`. A credential stays valid for re-reporting its own execution
+//! until that execution's report has ended.
 //!
 //! Errors use the client API's body shape, `{"error":{"kind","message"}}`, and never say more
 //! than the runtime needs.
@@ -18,14 +24,16 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use polydev_protocol::report::EVENT_OFFSET_HEADER;
+
 use crate::backend::pull::{
     AuthError, InstanceId, MAX_CREDENTIAL_BYTES, NextOutcome, ReportEnd, ReportError,
-    ReportRefused, RuntimeApi,
+    ReportOutcome, ReportRefused, RuntimeApi,
 };
 
 /// Execution ids are short (`ex_` + 27 hex digits); anything else is not one.
@@ -35,7 +43,10 @@ const MAX_EXECUTION_ID: usize = 64;
 pub fn router(api: RuntimeApi) -> Router {
     Router::new()
         .route("/runtime/v1/next", get(next))
-        .route("/runtime/v1/executions/{id}/events", post(events))
+        .route(
+            "/runtime/v1/executions/{id}/events",
+            get(position).post(events),
+        )
         .method_not_allowed_fallback(|| async { RuntimeError::MethodNotAllowed })
         .with_state(api)
 }
@@ -53,6 +64,10 @@ enum RuntimeError {
     TooLarge(ReportError),
     #[error("not an execution id")]
     BadId,
+    #[error("the {EVENT_OFFSET_HEADER} header is not a line number")]
+    BadOffset,
+    #[error("a newer report for this execution took over")]
+    Superseded,
     #[error("method not allowed")]
     MethodNotAllowed,
 }
@@ -62,10 +77,11 @@ impl RuntimeError {
         match self {
             RuntimeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             RuntimeError::Refused(ReportRefused::WrongExecution) => StatusCode::FORBIDDEN,
-            RuntimeError::Refused(ReportRefused::NotFetched | ReportRefused::AlreadyReported) => {
-                StatusCode::CONFLICT
-            }
+            RuntimeError::Refused(ReportRefused::NotFetched | ReportRefused::Offset(_))
+            | RuntimeError::BadOffset
+            | RuntimeError::Superseded => StatusCode::CONFLICT,
             RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => StatusCode::GONE,
+            RuntimeError::Refused(ReportRefused::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::BadId => StatusCode::NOT_FOUND,
             RuntimeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,10 +92,11 @@ impl RuntimeError {
         match self {
             RuntimeError::Unauthorized(_) => "unauthorized",
             RuntimeError::Refused(ReportRefused::WrongExecution) => "forbidden",
-            RuntimeError::Refused(ReportRefused::NotFetched | ReportRefused::AlreadyReported) => {
-                "conflict"
-            }
+            RuntimeError::Refused(ReportRefused::NotFetched | ReportRefused::Offset(_))
+            | RuntimeError::BadOffset
+            | RuntimeError::Superseded => "conflict",
             RuntimeError::Refused(ReportRefused::Gone) | RuntimeError::Gone => "gone",
+            RuntimeError::Refused(ReportRefused::Unavailable) => "unavailable",
             RuntimeError::TooLarge(_) => "payload_too_large",
             RuntimeError::BadId => "not_found",
             RuntimeError::MethodNotAllowed => "method_not_allowed",
@@ -89,7 +106,11 @@ impl RuntimeError {
 
 impl IntoResponse for RuntimeError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"kind": self.kind(), "message": self.to_string()}});
+        let mut body = json!({"error": {"kind": self.kind(), "message": self.to_string()}});
+        // A position mismatch also says where the controller's copy ends (ReportPosition).
+        if let RuntimeError::Refused(ReportRefused::Offset(received)) = self {
+            body["received"] = json!(received);
+        }
         let mut res = (self.status(), axum::Json(body)).into_response();
         if matches!(self, RuntimeError::Unauthorized(_)) {
             res.headers_mut()
@@ -165,6 +186,54 @@ async fn next(State(api): State<RuntimeApi>, headers: HeaderMap) -> Response {
     }
 }
 
+fn valid_execution_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_EXECUTION_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The report offset header: absent means 0; anything but a decimal number is refused.
+fn offset(headers: &HeaderMap) -> Result<u64, RuntimeError> {
+    match headers.get(EVENT_OFFSET_HEADER) {
+        None => Ok(0),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| s.len() <= 20 && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .ok_or(RuntimeError::BadOffset),
+    }
+}
+
+/// The resume handshake: how many lines of the execution's report the controller holds.
+async fn position(
+    State(api): State<RuntimeApi>,
+    Path(execution_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let id = match authenticate(&api, &headers).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    if !valid_execution_id(&execution_id) {
+        return RuntimeError::BadId.into_response();
+    }
+    match api.registry.position(&id, &execution_id).await {
+        Ok(p) => (
+            StatusCode::OK,
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            axum::Json(p),
+        )
+            .into_response(),
+        Err(refused) => {
+            tracing::debug!(instance = %id, %execution_id, %refused, "runtime API: position refused");
+            RuntimeError::Refused(refused).into_response()
+        }
+    }
+}
+
 async fn events(
     State(api): State<RuntimeApi>,
     Path(execution_id): Path<String>,
@@ -175,24 +244,21 @@ async fn events(
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    let valid = !execution_id.is_empty()
-        && execution_id.len() <= MAX_EXECUTION_ID
-        && execution_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !valid {
+    if !valid_execution_id(&execution_id) {
         return RuntimeError::BadId.into_response();
     }
-    let mut sink = match api.registry.begin_report(&id, &execution_id) {
+    let from = match offset(&headers) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
+    let mut sink = match api.registry.begin_report(&id, &execution_id, from).await {
         Ok(sink) => sink,
         Err(refused) => {
             tracing::warn!(instance = %id, %execution_id, %refused, "runtime API: report refused");
             return RuntimeError::Refused(refused).into_response();
         }
     };
-    // The credential has done its job: nothing else may be fetched or reported with it.
-    api.auth.redeemed(&id);
-    tracing::debug!(instance = %id, %execution_id, "runtime API: receiving events");
+    tracing::debug!(instance = %id, %execution_id, from, "runtime API: receiving events");
     let mut stream = body.into_data_stream();
     let end = loop {
         match stream.next().await {
@@ -214,10 +280,19 @@ async fn events(
             tracing::warn!(instance = %id, %execution_id, error = %e, "runtime API: report cut");
             RuntimeError::TooLarge(e.clone()).into_response()
         }
+        // Another report took over: this one's runtime asks for the position again.
+        ReportEnd::Cut(ReportError::Superseded) => RuntimeError::Superseded.into_response(),
+        // Closed because the controller is detaching: the runtime reports again later.
+        ReportEnd::Cut(ReportError::Closed) if api.registry.is_detached() => {
+            RuntimeError::Refused(ReportRefused::Unavailable).into_response()
+        }
         ReportEnd::Cut(ReportError::Closed) => RuntimeError::Gone.into_response(),
         ReportEnd::Broken => RuntimeError::Gone.into_response(),
     };
-    sink.finish(end).await;
+    if sink.finish(end).await == ReportOutcome::Ended {
+        // The report is over: nothing else may be fetched or reported with this credential.
+        api.auth.redeemed(&id);
+    }
     answer
 }
 
@@ -249,6 +324,7 @@ mod tests {
             poll_hold: Duration::from_millis(50),
             max_line_bytes: 1024,
             max_report_bytes: 64 * 1024,
+            ..RegistryConfig::default()
         }));
         let app = router(RuntimeApi {
             auth: auth.clone(),
@@ -370,7 +446,7 @@ mod tests {
             rx.recv().await,
             Some(InstanceOutput::Event(Event::End { .. }))
         ));
-        // The token was redeemed by the report: refused from now on.
+        // The token was redeemed once the report ended: refused from now on.
         let (s, _) = call(
             &f.app,
             "POST",
@@ -381,6 +457,80 @@ mod tests {
         .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(f.auth.active(), 0);
+    }
+
+    async fn post_from(
+        app: &Router,
+        uri: &str,
+        token: &str,
+        offset: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(o) = offset {
+            b = b.header(EVENT_OFFSET_HEADER, o);
+        }
+        let res = app
+            .clone()
+            .oneshot(b.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_resume_handshake() {
+        let f = fixture();
+        let id = InstanceId::random().unwrap();
+        let token = f.auth.issue(&id, Duration::from_secs(60)).unwrap();
+        let t = token.expose();
+        let (tx, mut rx) = mpsc::channel(16);
+        f.registry
+            .register(id.clone(), tx, Some(job("ex_9")))
+            .unwrap();
+        let uri = "/runtime/v1/executions/ex_9/events";
+        let (s, _) = call(&f.app, "GET", uri, Some(t), "").await;
+        assert_eq!(s, StatusCode::CONFLICT, "not fetched yet");
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", Some(t), "").await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, body) = call(&f.app, "GET", uri, Some(t), "").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"received":0}"#));
+        // A bad offset header, and an offset that is not the controller's position.
+        let (s, body) = post_from(&f.app, uri, t, Some("x1"), "").await;
+        assert_eq!(s, StatusCode::CONFLICT, "{body}");
+        let (s, body) = post_from(&f.app, uri, t, Some("3"), "").await;
+        assert_eq!(s, StatusCode::CONFLICT, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["received"], 0);
+        // Lines 0-1 arrive through the registry (as a broken connection would leave them).
+        let mut sink = f.registry.begin_report(&id, "ex_9", 0).await.unwrap();
+        sink.push(b"{\"type\":\"ready\"}\n{\"type\":\"text\",\"text\":\"a\"}\n")
+            .await
+            .unwrap();
+        assert_eq!(sink.finish(ReportEnd::Broken).await, ReportOutcome::Waiting);
+        let (s, body) = call(&f.app, "GET", uri, Some(t), "").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"received":2}"#));
+        // The credential still works for the resume, from line 2.
+        let rest = "{\"type\":\"text\",\"text\":\"b\"}\n{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":3}\n";
+        let (s, body) = post_from(&f.app, uri, t, Some("2"), rest).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+        let mut texts = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            match item {
+                InstanceOutput::Event(Event::Text { text }) => texts.push(text),
+                InstanceOutput::Event(Event::End { .. }) => texts.push("end".into()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(texts, ["a", "b", "end"]);
+        // Ended: the credential is spent.
+        let (s, _) = call(&f.app, "GET", uri, Some(t), "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

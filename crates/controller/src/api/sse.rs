@@ -3,7 +3,9 @@
 //! `execution_id` (added here: the log stores it once per execution). A stream ends right after the terminal event; keep-alive comments flow while
 //! it waits. The perspectives stream interleaves several executions (adding `target` and `seq`
 //! to each event's data, and no `id:`, since ids are per execution) and ends with
-//! `event: done` once every target has ended.
+//! `event: done` once every target has ended. When the controller detaches from an execution at
+//! shutdown (DESIGN.md 5.2), its streams close with no further event, so the client resumes on
+//! the next controller.
 //!
 //! Streams read from the shared log ([`Execution::events_after`]) and buffer at most one batch,
 //! so a slow client holds no more than that, whatever the execution produces.
@@ -40,7 +42,8 @@ pub fn log_stream(exec: Arc<Execution>, after: u64) -> impl Stream<Item = Logged
     };
     stream::unfold(state, |mut st| async move {
         loop {
-            if st.done {
+            // Detached at shutdown: the stream closes with no further event.
+            if st.done || st.exec.is_detached() {
                 return None;
             }
             if let Some(ev) = st.buf.pop_front() {
@@ -54,6 +57,17 @@ pub fn log_stream(exec: Arc<Execution>, after: u64) -> impl Stream<Item = Logged
             let batch = st.exec.events_after(st.after, BATCH);
             if batch.is_empty() {
                 if st.exec.is_ended() {
+                    // An adopted execution that ended before its rebuilt log reached where the
+                    // client resumed (its runtime did not come back): the client has not seen
+                    // this terminal event, so it still gets it, once.
+                    let last = st.exec.last_seq();
+                    if st.exec.adopted && st.after > last {
+                        st.done = true;
+                        let end = st.exec.events_after(last.saturating_sub(1), 1);
+                        if let Some(ev) = end.into_iter().next().filter(|e| e.terminal) {
+                            return Some((ev, st));
+                        }
+                    }
                     // Resumed at or past the terminal event: nothing more will come.
                     return None;
                 }

@@ -7,6 +7,11 @@
 //! [`InstanceOutput::Exited`], and which can be cancelled. Everything above (sequence numbers,
 //! the event log, the store, synthesizing a terminal event when a runtime dies without one)
 //! lives in the controller, once, for every backend.
+//!
+//! Backends whose runtimes pull their job over the runtime API can also let those runtimes
+//! outlive the controller (DESIGN.md 5.2): they describe each handed-out instance with an
+//! [`InstanceRecord`] the controller journals in its store, [`Backend::adopt`] such an instance
+//! again after a restart, and [`Backend::detach`] from them on SIGTERM instead of stopping them.
 
 pub mod docker;
 pub mod nomad;
@@ -19,7 +24,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use polydev_protocol::{Event, Job};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a backend could not start an execution. Messages are safe to show to API clients:
@@ -110,6 +115,29 @@ pub struct PoolStatus {
     pub misses: u64,
 }
 
+/// What the controller journals when a pull-mode job is handed to an instance: everything a
+/// restarted controller needs to accept that instance's returning report and to watch it, and
+/// nothing that could be used as a credential (a digest and an expiry, never a key or token).
+/// Written to the store when the job is handed out, deleted when the execution ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// The execution the instance runs.
+    pub execution_id: String,
+    /// The instance's id in the runtime API ([`pull::InstanceId`]).
+    pub instance_id: String,
+    /// [`Backend::name`] of the backend that started it; only that backend adopts it.
+    pub backend: String,
+    /// The backend's own handle on the instance, opaque to the controller: a Nomad dispatched
+    /// job and allocation id, `pid:start-time` of a process, a Docker container id.
+    pub handle: String,
+    /// Hex SHA-256 digest of the instance's credential, where the backend issues tokens (the
+    /// process and Docker backends); `None` where the platform vouches for the instance (Nomad
+    /// workload identity).
+    pub credential_digest: Option<String>,
+    /// When that credential expires (Unix milliseconds).
+    pub credential_expires_at_ms: Option<u64>,
+}
+
 /// Runs runtimes. Implementations must be cheap to share (`Arc<dyn Backend>`).
 pub trait Backend: Send + Sync + 'static {
     /// `process`, `docker` or `nomad`.
@@ -135,6 +163,43 @@ pub trait Backend: Send + Sync + 'static {
     /// API serves it on the same listener, outside the client token check.
     fn runtime_api(&self) -> Option<pull::RuntimeApi> {
         None
+    }
+
+    /// The record to journal for the instance that runs `execution_id`, once `launch` handed it
+    /// its job; `None` (the default) for a backend whose runtimes cannot outlive the
+    /// controller. The controller asks right after `launch` returns and stores the answer.
+    fn instance_record(&self, execution_id: &str) -> Option<InstanceRecord> {
+        let _ = execution_id;
+        None
+    }
+
+    /// Takes back, after a controller restart, the instance `record` describes (its execution
+    /// was still `running`): the credential is accepted again for that one execution, the
+    /// returned [`Instance`]'s output is fed by the report the runtime resends (from line 0,
+    /// with the usual resume handshake), its cancel handle stops the instance, and `Exited`
+    /// comes from watching the backend's handle (process gone, allocation terminal). The
+    /// controller, not the backend, bounds the wait for the runtime to come back. The default
+    /// refuses.
+    fn adopt(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Instance, BackendError>> {
+        let _ = record;
+        Box::pin(std::future::ready(Err(BackendError::Unavailable(format!(
+            "the {} backend cannot adopt runtimes",
+            self.name()
+        )))))
+    }
+
+    /// Whether SIGTERM detaches from running instances (they keep running and are adopted by
+    /// the next controller) rather than cancelling them. `false` (the default) for backends
+    /// whose runtimes die with the controller.
+    fn detaches(&self) -> bool {
+        false
+    }
+
+    /// Stops admitting and stops the pool's idle instances, but leaves every instance with a
+    /// job running and releases it without a signal, for the next controller to adopt. Called
+    /// instead of [`Backend::shutdown`] when [`Backend::detaches`]; the default shuts down.
+    fn detach(&self) -> BoxFuture<'_, ()> {
+        self.shutdown()
     }
 }
 

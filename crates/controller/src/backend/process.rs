@@ -282,6 +282,9 @@ struct Common {
     tracker: Arc<Tracker>,
     /// Flipped to `true` once by `shutdown`: every supervisor terminates its child.
     shutdown: watch::Sender<bool>,
+    /// Set before `shutdown` by `detach` (pull mode): supervisors of runtimes with a job let
+    /// them run on, for the next controller to adopt.
+    detaching: AtomicBool,
     /// Controller-pull mode's registry, tokens and runtime environment.
     pull: Option<Arc<pull_mode::PullMode>>,
 }
@@ -326,6 +329,7 @@ impl ProcessBackend {
             base_env,
             tracker: Arc::new(Tracker::default()),
             shutdown,
+            detaching: AtomicBool::new(false),
             pull,
         });
         let starter = ProcessStarter {
@@ -534,6 +538,35 @@ impl Backend for ProcessBackend {
     fn runtime_api(&self) -> Option<super::pull::RuntimeApi> {
         self.common.pull.as_ref().map(|p| p.api())
     }
+
+    fn instance_record(&self, execution_id: &str) -> Option<super::InstanceRecord> {
+        self.common.pull.as_ref()?.take_record(execution_id)
+    }
+
+    fn adopt(
+        &self,
+        record: super::InstanceRecord,
+    ) -> BoxFuture<'_, Result<Instance, BackendError>> {
+        let result = match &self.common.pull {
+            Some(pull) if !self.pool.is_closed() => self.adopt_pull(pull, record),
+            Some(_) => Err(BackendError::ShuttingDown),
+            None => Err(BackendError::Unavailable(
+                "the process backend adopts runtimes only in pull mode".into(),
+            )),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    /// Pull mode only: its runtimes report over the runtime API and outlive the controller;
+    /// stdin-mode runtimes are children by design and stop with it.
+    fn detaches(&self) -> bool {
+        self.common.pull.is_some()
+    }
+
+    fn detach(&self) -> BoxFuture<'_, ()> {
+        self.common.detaching.store(true, Ordering::SeqCst);
+        Box::pin(self.shutdown_inner())
+    }
 }
 
 async fn write_job(stdin: &mut ChildStdin, line: &str, limit: Duration) -> io::Result<()> {
@@ -675,6 +708,7 @@ async fn spawn_runtime(
         program: common.config.runtime_path.clone(),
         args,
         env,
+        outlive: token_file.is_some(),
     };
     let mut child = spawner::spawn(spec).await.map_err(|e| {
         tracing::warn!(error = %e, "process backend: cannot start the runtime");
@@ -1086,6 +1120,17 @@ impl Supervisor {
                 }
                 _ = shutdown_signalled(&mut self.shutdown), if !self.shutdown_seen => {
                     self.shutdown_seen = true;
+                    if self.common.detaching.load(Ordering::SeqCst)
+                        && out.is_some()
+                        && self.exit.is_none()
+                        && let Some(pull) = &self.pull
+                    {
+                        // Detach: the runtime keeps its job and reports to the next
+                        // controller. No signal, no `Exited`; the child is dropped unkilled.
+                        tracing::info!(pid = self.pid, instance = %pull.id,
+                            "process backend: detaching from a running pull-mode runtime");
+                        return;
+                    }
                     self.terminate("shutdown");
                 }
                 _ = sleep_opt(kill_at), if !self.killed && self.exit.is_none() => {

@@ -15,16 +15,23 @@
 //!   backend can plug in a workload-identity JWT verifier instead (claims → allocation id →
 //!   [`InstanceId`]) and keep everything else.
 //! - **One job per instance, one instance per job** ([`InstanceRegistry`]). A slot moves
-//!   `Idle → Assigned(job) → Handed(execution) → Reporting → Reported`, every step under one
-//!   mutex, so concurrent polls with the same credential get the job at most once (the others
+//!   `Idle → Assigned(job) → Handed(execution) → Reported`, every step under one mutex, so
+//!   concurrent polls with the same credential get the job at most once (the others
 //!   `410 Gone`); a job is assigned to a single slot; the events endpoint accepts only the
-//!   execution handed to that slot, once.
+//!   execution handed to that slot.
+//! - **A report can be resumed** (DESIGN.md 5.2, `polydev_protocol::report`): the registry
+//!   counts the whole lines it holds of each execution; a runtime whose report broke asks for
+//!   that position and sends the rest from there, and a new report supersedes an open one
+//!   (cut after its last whole line), so the backend's channel sees every line once, in
+//!   order. An instance adopted after a controller restart gets a slot already `Handed` its
+//!   execution ([`InstanceRegistry::register_adopted`]), position 0.
 //! - **Events join the backend's ordinary output.** A report's lines are parsed into
 //!   [`InstanceOutput`] items and sent into the channel the backend registered for the slot, so
 //!   the driver sees the same stream as with stdin, followed by the backend's own `Exited`.
-//! - **A vanished instance never hangs an execution.** If the report ends (cut connection,
-//!   killed process, over-long line) before a terminal event, [`ReportSink`] sends a terminal
-//!   error saying so; a runtime that never fetches its job is noticed by the backend's start
+//! - **A vanished instance never hangs an execution.** If the report is refused (over-long
+//!   line) or ends before a terminal event, [`ReportSink`] sends a terminal error saying so; a
+//!   connection that broke waits up to the reattach grace for the runtime to resume first (the
+//!   backend's own exit watch still ends it at once when the instance is gone); a runtime that never fetches its job is noticed by the backend's start
 //!   timeout; a runtime that never reports is bounded by the driver's execution deadline.
 //!
 //! Everything here is bounded: poll hold time, line length, report size, credential length.
@@ -37,6 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use polydev_protocol::report::{DEFAULT_REATTACH_GRACE, ReportPosition};
 use polydev_protocol::{ErrorEvent, ErrorKind, Event, Job};
 use ring::rand::SecureRandom;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -77,6 +85,8 @@ pub enum PullError {
     Closed,
     #[error("the job has no execution_id")]
     NoExecutionId,
+    #[error("a journaled credential digest is not 64 hex digits")]
+    InvalidDigest,
     #[error("the controller URL for runtimes is unusable: {0}")]
     ControllerUrl(String),
 }
@@ -135,6 +145,24 @@ fn fill_random(buf: &mut [u8]) -> Result<(), PullError> {
     ring::rand::SystemRandom::new()
         .fill(buf)
         .map_err(|_| PullError::Rng)
+}
+
+/// 64 hex digits back to 32 bytes.
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -322,6 +350,40 @@ impl TokenAuthenticator {
             }
             None => false,
         }
+    }
+
+    /// What the store may keep of `id`'s token so a restarted controller can accept it again:
+    /// its digest (hex) and how long it stays valid. Never the token itself.
+    pub fn digest(&self, id: &InstanceId) -> Option<(String, Duration)> {
+        let tokens = self.lock();
+        let entry = tokens.get(id)?;
+        Some((
+            hex(&entry.digest),
+            entry.expires_at.saturating_duration_since(Instant::now()),
+        ))
+    }
+
+    /// Accepts again the token whose digest ([`TokenAuthenticator::digest`]) a previous
+    /// controller journaled, for `ttl` (an adopted instance; it has no token file here).
+    pub fn restore(
+        &self,
+        id: &InstanceId,
+        digest_hex: &str,
+        ttl: Duration,
+    ) -> Result<(), PullError> {
+        let digest = unhex32(digest_hex).ok_or(PullError::InvalidDigest)?;
+        let old = self.lock().insert(
+            id.clone(),
+            TokenEntry {
+                digest,
+                expires_at: Instant::now() + ttl,
+                file: None,
+            },
+        );
+        if let Some(old) = old {
+            self.delete_file(old.file);
+        }
+        Ok(())
     }
 
     /// Ends `id`'s token now and deletes its file. Idempotent.
@@ -550,6 +612,10 @@ pub struct RegistryConfig {
     pub max_line_bytes: usize,
     /// Largest report body.
     pub max_report_bytes: u64,
+    /// How long an execution whose report broke without a terminal event waits for its
+    /// runtime to resume before it ends (`POLYDEV_REATTACH_GRACE`; the controller sets it
+    /// with [`InstanceRegistry::set_reattach_grace`]).
+    pub reattach_grace: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -558,6 +624,7 @@ impl Default for RegistryConfig {
             poll_hold: DEFAULT_POLL_HOLD,
             max_line_bytes: DEFAULT_MAX_REPORT_LINE,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            reattach_grace: DEFAULT_REATTACH_GRACE,
         }
     }
 }
@@ -567,11 +634,11 @@ enum Phase {
     Idle,
     /// A job is waiting to be fetched.
     Assigned(Box<Job>),
-    /// `next` handed out the job for this execution.
+    /// `next` handed out the job for this execution (or a restarted controller adopted the
+    /// instance running it): its report is accepted, and resumed after a break.
     Handed(String),
-    /// The events of the handed execution are being received.
-    Reporting,
-    /// The report ended; nothing more is accepted.
+    /// The execution takes no more report (its terminal event arrived, the report was refused,
+    /// or the runtime did not come back within the reattach grace).
     Reported,
     /// No job will come (released, taken back, shutting down).
     Retired,
@@ -585,8 +652,31 @@ struct Slot {
     polled: Option<oneshot::Sender<()>>,
     /// Fired when the job is handed out; dropped unfired if it never is.
     fetched: Option<oneshot::Sender<()>>,
-    /// Where the report's events go; taken by the one report.
+    /// Where the report's events go, until the first report (or position query) moves it into
+    /// the execution's [`ReportState`].
     feed: Option<mpsc::Sender<InstanceOutput>>,
+    /// The execution's report position, shared by its successive report connections.
+    report: Option<Arc<ReportState>>,
+}
+
+/// One execution's report across its connections: which lines the controller holds and which
+/// connection may add to them. Behind an async mutex held while a line is forwarded, so that a
+/// superseding report reads a position no line is still on its way to.
+struct ReportState {
+    cursor: tokio::sync::Mutex<Cursor>,
+}
+
+struct Cursor {
+    /// The backend's channel; `None` once the execution takes no more report.
+    feed: Option<mpsc::Sender<InstanceOutput>>,
+    /// Lines received (every newline-terminated line, whatever it holds).
+    received: u64,
+    /// Bumped by every accepted report; only the current one may forward lines.
+    generation: u64,
+    /// The current report's connection is open.
+    open: bool,
+    terminal_seen: bool,
+    output_seen: bool,
 }
 
 #[derive(Default)]
@@ -626,7 +716,7 @@ pub enum AssignError {
     NoExecutionId,
 }
 
-/// Why a report was refused.
+/// Why a report (or a position query) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReportRefused {
     /// The credential's instance was handed another execution (403).
@@ -635,17 +725,26 @@ pub enum ReportRefused {
     /// The job was not fetched yet, so there is nothing to report (409).
     #[error("this instance has not fetched a job")]
     NotFetched,
-    /// The execution's events were already (being) received (409).
-    #[error("this execution's events were already received")]
-    AlreadyReported,
-    /// The instance is gone (410).
-    #[error("this instance has ended")]
+    /// The report does not start where the controller's copy ends (409, with the position).
+    #[error("the report must start at line {0}")]
+    Offset(u64),
+    /// The instance is gone, or its execution takes no more report (410).
+    #[error("this execution no longer takes a report")]
     Gone,
+    /// The controller is shutting down and leaves this execution to the next one (503).
+    #[error("the controller is restarting; report to it again shortly")]
+    Unavailable,
 }
 
 /// Jobs waiting for, or handed to, pull-mode instances. See the module documentation.
 pub struct InstanceRegistry {
     config: RegistryConfig,
+    /// [`RegistryConfig::reattach_grace`], settable after construction (by the controller,
+    /// which owns the setting); milliseconds.
+    reattach_grace_ms: std::sync::atomic::AtomicU64,
+    /// The controller is detaching (DESIGN.md 5.2): reports are refused as unavailable (`503`,
+    /// try again), never as gone, so runtimes wait for the next controller.
+    detached: std::sync::atomic::AtomicBool,
     state: Mutex<RegState>,
 }
 
@@ -660,14 +759,43 @@ impl fmt::Debug for InstanceRegistry {
 
 impl InstanceRegistry {
     pub fn new(config: RegistryConfig) -> InstanceRegistry {
+        let grace = duration_ms(config.reattach_grace);
         InstanceRegistry {
             config,
+            reattach_grace_ms: std::sync::atomic::AtomicU64::new(grace),
+            detached: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(RegState::default()),
         }
     }
 
     pub fn config(&self) -> &RegistryConfig {
         &self.config
+    }
+
+    /// How long a broken report waits for the runtime to resume before the execution ends.
+    pub fn reattach_grace(&self) -> Duration {
+        Duration::from_millis(
+            self.reattach_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// The controller is detaching from its runtimes: from now on reports and position
+    /// queries answer "unavailable" ([`ReportRefused::Unavailable`]), so a runtime keeps its
+    /// output and reconnects to the next controller instead of exiting.
+    pub fn detach(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets [`InstanceRegistry::reattach_grace`] (`POLYDEV_REATTACH_GRACE`).
+    pub fn set_reattach_grace(&self, grace: Duration) {
+        self.reattach_grace_ms
+            .store(duration_ms(grace), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, RegState> {
@@ -710,9 +838,40 @@ impl InstanceRegistry {
                 polled: Some(polled_tx),
                 fetched: fetched_tx,
                 feed: Some(feed),
+                report: None,
             },
         );
         Ok(Registration { polled, fetched })
+    }
+
+    /// Registers instance `id`, adopted after a controller restart: it already has the job of
+    /// `execution_id`, and its resent report (from line 0) goes to `feed`. Its polls get `410`.
+    pub fn register_adopted(
+        &self,
+        id: InstanceId,
+        feed: mpsc::Sender<InstanceOutput>,
+        execution_id: &str,
+    ) -> Result<(), PullError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(PullError::Closed);
+        }
+        if st.slots.contains_key(&id) {
+            return Err(PullError::Duplicate(id.0));
+        }
+        let (wake, _) = watch::channel(());
+        st.slots.insert(
+            id,
+            Slot {
+                phase: Phase::Handed(execution_id.to_owned()),
+                wake,
+                polled: None,
+                fetched: None,
+                feed: Some(feed),
+                report: None,
+            },
+        );
+        Ok(())
     }
 
     /// Gives `job` to idle instance `id` (a warm claim); the receiver fires when the instance
@@ -762,11 +921,33 @@ impl InstanceRegistry {
         }
     }
 
-    /// Forgets `id` (the instance is gone). Its feed closes once a report in progress ends.
-    pub fn remove(&self, id: &InstanceId) {
+    /// Forgets `id` (the instance is gone). Its feed closes once a report in progress (or its
+    /// reattach grace) ends.
+    pub fn remove(self: &Arc<Self>, id: &InstanceId) {
         let slot = self.lock().slots.remove(id);
+        // A report waiting to be resumed never will be: the instance is gone.
+        if let Some(state) = slot.as_ref().and_then(|s| s.report.clone()) {
+            end_abandoned(Arc::clone(self), id.clone(), state, None);
+        }
         // Dropped outside the lock; waiting polls wake up and find it gone.
         drop(slot);
+    }
+
+    /// The controller ended `execution_id` (cancelled, timed out, its runtime not back in
+    /// time): its report is refused from now on (`410`, the runtime stops).
+    pub fn end_execution(&self, execution_id: &str) {
+        let mut st = self.lock();
+        for slot in st.slots.values_mut() {
+            if matches!(&slot.phase, Phase::Handed(e) if e == execution_id) {
+                slot.phase = Phase::Reported;
+                slot.feed = None;
+                slot.wake.send_replace(());
+            }
+        }
+    }
+
+    fn has(&self, id: &InstanceId) -> bool {
+        self.lock().slots.contains_key(id)
     }
 
     /// Refuses new registrations and retires every instance without a fetched job.
@@ -832,41 +1013,99 @@ impl InstanceRegistry {
         }
     }
 
-    /// Starts receiving the events of `execution_id` from instance `id`: allowed once, and only
-    /// for the execution handed to that instance.
-    pub fn begin_report(
-        self: &Arc<Self>,
+    /// The report state of `execution_id` on instance `id`, if that instance may report it.
+    fn report_state(
+        &self,
         id: &InstanceId,
         execution_id: &str,
-    ) -> Result<ReportSink, ReportRefused> {
+    ) -> Result<Arc<ReportState>, ReportRefused> {
+        if self.is_detached() {
+            return Err(ReportRefused::Unavailable);
+        }
         let mut st = self.lock();
         let slot = st.slots.get_mut(id).ok_or(ReportRefused::Gone)?;
         match &slot.phase {
             Phase::Handed(e) if e == execution_id => {}
             Phase::Handed(_) => return Err(ReportRefused::WrongExecution),
-            Phase::Reporting | Phase::Reported => return Err(ReportRefused::AlreadyReported),
             Phase::Idle | Phase::Assigned(_) => return Err(ReportRefused::NotFetched),
-            Phase::Retired => return Err(ReportRefused::Gone),
+            Phase::Reported | Phase::Retired => return Err(ReportRefused::Gone),
         }
-        let feed = slot.feed.take().ok_or(ReportRefused::AlreadyReported)?;
-        slot.phase = Phase::Reporting;
+        if slot.report.is_none() {
+            let feed = slot.feed.take().ok_or(ReportRefused::Gone)?;
+            slot.report = Some(Arc::new(ReportState {
+                cursor: tokio::sync::Mutex::new(Cursor {
+                    feed: Some(feed),
+                    received: 0,
+                    generation: 0,
+                    open: false,
+                    terminal_seen: false,
+                    output_seen: false,
+                }),
+            }));
+        }
+        slot.report.clone().ok_or(ReportRefused::Gone)
+    }
+
+    /// How many lines of `execution_id`'s report the controller holds (the resume handshake).
+    pub async fn position(
+        &self,
+        id: &InstanceId,
+        execution_id: &str,
+    ) -> Result<ReportPosition, ReportRefused> {
+        let state = self.report_state(id, execution_id)?;
+        let cursor = state.cursor.lock().await;
+        if cursor.feed.is_none() {
+            return Err(ReportRefused::Gone);
+        }
+        Ok(ReportPosition {
+            received: cursor.received,
+        })
+    }
+
+    /// Starts receiving the events of `execution_id` from instance `id`, from line `offset`:
+    /// only for the execution handed to that instance, only where the controller's copy ends.
+    /// A report still open for it is superseded (cut after its last whole line).
+    pub async fn begin_report(
+        self: &Arc<Self>,
+        id: &InstanceId,
+        execution_id: &str,
+        offset: u64,
+    ) -> Result<ReportSink, ReportRefused> {
+        let state = self.report_state(id, execution_id)?;
+        let generation = {
+            let mut cursor = state.cursor.lock().await;
+            if cursor.feed.is_none() {
+                return Err(ReportRefused::Gone);
+            }
+            if cursor.received != offset {
+                return Err(ReportRefused::Offset(cursor.received));
+            }
+            cursor.generation += 1;
+            cursor.open = true;
+            cursor.generation
+        };
         Ok(ReportSink {
             registry: Arc::clone(self),
             id: id.clone(),
-            feed: Some(feed),
+            state: Some(state),
+            generation,
             line: Vec::new(),
             skipping: false,
-            received: 0,
-            terminal_seen: false,
-            output_seen: false,
+            received_bytes: 0,
         })
     }
 
     fn report_done(&self, id: &InstanceId) {
-        if let Some(slot) = self.lock().slots.get_mut(id) {
+        if let Some(slot) = self.lock().slots.get_mut(id)
+            && matches!(slot.phase, Phase::Handed(_))
+        {
             slot.phase = Phase::Reported;
         }
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -881,6 +1120,8 @@ pub enum ReportError {
     TooLarge(u64),
     #[error("nobody is listening for this execution's events any more")]
     Closed,
+    #[error("a newer report for this execution took over")]
+    Superseded,
 }
 
 /// How a report ended.
@@ -888,33 +1129,47 @@ pub enum ReportError {
 pub enum ReportEnd {
     /// The body ended normally.
     Complete,
-    /// The connection broke (the instance vanished), or the body was refused.
+    /// The body was refused.
     Cut(ReportError),
-    /// The connection broke or the body could not be read.
+    /// The connection broke or the body could not be read: the runtime may resume.
     Broken,
 }
 
-/// Receives one execution's report: split into bounded lines, parsed, forwarded in order. If it
-/// ends without a terminal event, [`ReportSink::finish`] (or, as a last resort, dropping it)
-/// sends one, so the execution fails with a clear error instead of waiting for a process exit
-/// that may never be observed.
+/// What [`ReportSink::finish`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// The execution takes no more report (its terminal event arrived, or one was sent for
+    /// it): the instance's credential has served its purpose.
+    Ended,
+    /// The report broke before a terminal event; the runtime may resume it within the
+    /// reattach grace.
+    Waiting,
+    /// A newer report took over.
+    Superseded,
+}
+
+/// Receives one report connection of an execution: split into bounded lines, counted,
+/// parsed, forwarded in order. If it ends without a terminal event, [`ReportSink::finish`]
+/// (or, as a last resort, dropping it) either ends the execution with a clear error (a refused
+/// body, a body that ended without a result) or, when the connection broke, waits up to the
+/// reattach grace for the runtime to resume before doing so.
 pub struct ReportSink {
     registry: Arc<InstanceRegistry>,
     id: InstanceId,
-    feed: Option<mpsc::Sender<InstanceOutput>>,
+    /// `None` once finished.
+    state: Option<Arc<ReportState>>,
+    generation: u64,
     line: Vec<u8>,
     /// Discarding the rest of an over-long line (never resumed: the report is cut).
     skipping: bool,
-    received: u64,
-    terminal_seen: bool,
-    output_seen: bool,
+    received_bytes: u64,
 }
 
 impl fmt::Debug for ReportSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReportSink")
             .field("instance", &self.id)
-            .field("received", &self.received)
+            .field("received_bytes", &self.received_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -929,8 +1184,8 @@ impl ReportSink {
     /// backend's channel, which slows the runtime down instead of buffering).
     pub async fn push(&mut self, mut chunk: &[u8]) -> Result<(), ReportError> {
         let cfg = self.registry.config();
-        self.received = self.received.saturating_add(chunk.len() as u64);
-        if self.received > cfg.max_report_bytes {
+        self.received_bytes = self.received_bytes.saturating_add(chunk.len() as u64);
+        if self.received_bytes > cfg.max_report_bytes {
             return Err(ReportError::TooLarge(cfg.max_report_bytes));
         }
         let max_line = cfg.max_line_bytes;
@@ -959,7 +1214,18 @@ impl ReportSink {
         Ok(())
     }
 
+    /// Counts one whole line and forwards what it holds, if this report is still the current
+    /// one.
     async fn forward_line(&mut self, line: &[u8]) -> Result<(), ReportError> {
+        let state = self.state.as_ref().ok_or(ReportError::Closed)?;
+        let mut cursor = state.cursor.lock().await;
+        if cursor.generation != self.generation {
+            return Err(ReportError::Superseded);
+        }
+        if cursor.feed.is_none() {
+            return Err(ReportError::Closed);
+        }
+        cursor.received += 1;
         let line = line.trim_ascii();
         if line.is_empty() {
             return Ok(());
@@ -967,20 +1233,22 @@ impl ReportSink {
         let item = match serde_json::from_slice::<Event>(line) {
             Ok(Event::Ready) => return Ok(()),
             Ok(event) => {
-                self.terminal_seen |= event.is_terminal();
-                self.output_seen |= event.is_output();
+                cursor.terminal_seen |= event.is_terminal();
+                cursor.output_seen |= event.is_output();
                 InstanceOutput::Event(event)
             }
             // The driver masks the key in what it logs.
             Err(_) => InstanceOutput::Garbage(super::text::garbage_text(line, None)),
         };
-        let feed = self.feed.as_ref().ok_or(ReportError::Closed)?;
+        let feed = cursor.feed.as_ref().ok_or(ReportError::Closed)?;
         feed.send(item).await.map_err(|_| ReportError::Closed)
     }
 
-    /// Ends the report. A last line without its newline still counts when the body ended
-    /// normally. Without a terminal event so far, sends one that says what happened.
-    pub async fn finish(mut self, end: ReportEnd) {
+    /// Ends this report connection. A last line without its newline still counts when the body
+    /// ended normally. Without a terminal event so far: a broken connection waits for a resume
+    /// (up to the reattach grace), anything else ends the execution with an error saying what
+    /// happened.
+    pub async fn finish(mut self, end: ReportEnd) -> ReportOutcome {
         let mut end = end;
         if end == ReportEnd::Complete && !self.line.is_empty() && !self.skipping {
             let line = std::mem::take(&mut self.line);
@@ -988,54 +1256,158 @@ impl ReportSink {
                 end = ReportEnd::Cut(e);
             }
         }
-        if !self.terminal_seen
-            && let Some(feed) = self.feed.take()
-        {
-            let _ = feed.send(self.missing_terminal(&end)).await;
-        }
-        self.feed = None;
-        self.registry.report_done(&self.id);
-    }
-
-    fn missing_terminal(&mut self, end: &ReportEnd) -> InstanceOutput {
-        self.terminal_seen = true;
-        let (kind, message) = match end {
-            ReportEnd::Cut(ReportError::LineTooLong(n)) => (
-                ErrorKind::Protocol,
-                format!("the runtime sent an event line longer than {n} bytes"),
-            ),
-            ReportEnd::Cut(ReportError::TooLarge(n)) => (
-                ErrorKind::Protocol,
-                format!("the runtime's event stream exceeded {n} bytes"),
-            ),
-            ReportEnd::Complete => (
-                ErrorKind::Internal,
-                "the runtime instance ended its event stream without a result".to_owned(),
-            ),
-            ReportEnd::Cut(ReportError::Closed) | ReportEnd::Broken => (
-                ErrorKind::Internal,
-                "the runtime instance vanished mid-job: its event stream was cut before a result"
-                    .to_owned(),
-            ),
+        let Some(state) = self.state.take() else {
+            return ReportOutcome::Superseded;
         };
-        InstanceOutput::Event(Event::Error(ErrorEvent {
-            retryable: true,
-            partial: self.output_seen,
-            ..ErrorEvent::new(kind, message)
-        }))
+        let mut cursor = state.cursor.lock().await;
+        if cursor.generation != self.generation {
+            return ReportOutcome::Superseded;
+        }
+        cursor.open = false;
+        if cursor.terminal_seen || cursor.feed.is_none() {
+            cursor.feed = None;
+            drop(cursor);
+            self.registry.report_done(&self.id);
+            return ReportOutcome::Ended;
+        }
+        if end == ReportEnd::Broken {
+            drop(cursor);
+            wait_for_resume(
+                Arc::clone(&self.registry),
+                self.id.clone(),
+                state,
+                self.generation,
+            );
+            return ReportOutcome::Waiting;
+        }
+        let item = missing_terminal(cursor.output_seen, &end);
+        if let Some(feed) = cursor.feed.take() {
+            let _ = feed.send(item).await;
+        }
+        drop(cursor);
+        self.registry.report_done(&self.id);
+        ReportOutcome::Ended
     }
 }
 
+/// After a report of generation `generation` broke: if no report took over within the
+/// reattach grace (at once if the instance is already gone), the execution ends with the error
+/// a vanished runtime gets.
+fn wait_for_resume(
+    registry: Arc<InstanceRegistry>,
+    id: InstanceId,
+    state: Arc<ReportState>,
+    generation: u64,
+) {
+    let grace = if registry.has(&id) {
+        registry.reattach_grace()
+    } else {
+        Duration::ZERO
+    };
+    end_abandoned_after(registry, id, state, Some(generation), grace);
+}
+
+/// Ends the execution of `state` with the vanished-runtime error unless a report is open, or
+/// one newer than `generation` (any, with `None`) took over, or it already ended.
+fn end_abandoned(
+    registry: Arc<InstanceRegistry>,
+    id: InstanceId,
+    state: Arc<ReportState>,
+    generation: Option<u64>,
+) {
+    end_abandoned_after(registry, id, state, generation, Duration::ZERO);
+}
+
+fn end_abandoned_after(
+    registry: Arc<InstanceRegistry>,
+    id: InstanceId,
+    state: Arc<ReportState>,
+    generation: Option<u64>,
+    after: Duration,
+) {
+    let task = async move {
+        if !after.is_zero() {
+            tokio::time::sleep(after).await;
+        }
+        let mut cursor = state.cursor.lock().await;
+        let superseded = generation.is_some_and(|g| g != cursor.generation);
+        // With a generation, a newer report would have bumped it (and `open` may be stale
+        // when a dropped sink could not take the lock); without one, an open report ends on
+        // its own.
+        if superseded || (generation.is_none() && cursor.open) || cursor.terminal_seen {
+            return;
+        }
+        let item = missing_terminal(cursor.output_seen, &ReportEnd::Broken);
+        if let Some(feed) = cursor.feed.take() {
+            tracing::warn!(instance = %id, "runtime API: the runtime did not resume its report");
+            let _ = feed.send(item).await;
+        }
+        drop(cursor);
+        registry.report_done(&id);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(task);
+        }
+        // No runtime (a sink dropped outside one): nothing can wait; the backend's own exit
+        // watch still ends the execution.
+        Err(_) => tracing::warn!("runtime API: no runtime to wait for a report to resume"),
+    }
+}
+
+/// The terminal error of an execution whose report ended without one.
+fn missing_terminal(output_seen: bool, end: &ReportEnd) -> InstanceOutput {
+    let (kind, message) = match end {
+        ReportEnd::Cut(ReportError::LineTooLong(n)) => (
+            ErrorKind::Protocol,
+            format!("the runtime sent an event line longer than {n} bytes"),
+        ),
+        ReportEnd::Cut(ReportError::TooLarge(n)) => (
+            ErrorKind::Protocol,
+            format!("the runtime's event stream exceeded {n} bytes"),
+        ),
+        ReportEnd::Complete => (
+            ErrorKind::Internal,
+            "the runtime instance ended its event stream without a result".to_owned(),
+        ),
+        ReportEnd::Cut(ReportError::Closed | ReportError::Superseded) | ReportEnd::Broken => (
+            ErrorKind::Internal,
+            "the runtime instance vanished mid-job: its event stream was cut before a result and \
+             not resumed"
+                .to_owned(),
+        ),
+    };
+    InstanceOutput::Event(Event::Error(ErrorEvent {
+        retryable: true,
+        partial: output_seen,
+        ..ErrorEvent::new(kind, message)
+    }))
+}
+
 impl Drop for ReportSink {
-    /// A report abandoned without [`ReportSink::finish`] (its connection task was dropped):
-    /// still end the execution, if there is room to say so without waiting.
+    /// A report abandoned without [`ReportSink::finish`] (its connection task was dropped): a
+    /// broken connection, so the execution waits for a resume.
     fn drop(&mut self) {
-        if let Some(feed) = self.feed.take() {
-            if !self.terminal_seen {
-                let item = self.missing_terminal(&ReportEnd::Broken);
-                let _ = feed.try_send(item);
+        if let Some(state) = self.state.take() {
+            // Marking the connection closed needs the cursor; if a line is in flight, the
+            // grace task below checks `open` only after the grace, by when it is released.
+            if let Ok(mut cursor) = state.cursor.try_lock()
+                && cursor.generation == self.generation
+            {
+                cursor.open = false;
+                if cursor.terminal_seen {
+                    cursor.feed = None;
+                    drop(cursor);
+                    self.registry.report_done(&self.id);
+                    return;
+                }
             }
-            self.registry.report_done(&self.id);
+            wait_for_resume(
+                Arc::clone(&self.registry),
+                self.id.clone(),
+                state,
+                self.generation,
+            );
         }
     }
 }
@@ -1078,6 +1450,7 @@ mod tests {
             poll_hold: hold,
             max_line_bytes: 64,
             max_report_bytes: 1024,
+            reattach_grace: Duration::from_millis(100),
         }))
     }
 
@@ -1141,6 +1514,22 @@ mod tests {
         assert!(auth.set_ttl(&a, Duration::ZERO));
         assert_eq!(auth.verify(ta.expose()), Err(AuthError::Expired));
         assert_eq!(auth.active(), 0);
+    }
+
+    #[test]
+    fn a_journaled_digest_restores_the_token_in_another_authenticator() {
+        let a = TokenAuthenticator::new();
+        let id = InstanceId::random().unwrap();
+        let token = a.issue(&id, Duration::from_secs(60)).unwrap();
+        let (digest, left) = a.digest(&id).unwrap();
+        assert_eq!(digest.len(), 64);
+        assert!(!token.expose().contains(&digest));
+        assert!(left <= Duration::from_secs(60));
+        let b = TokenAuthenticator::new();
+        assert_eq!(b.verify(token.expose()), Err(AuthError::Invalid));
+        b.restore(&id, &digest, left).unwrap();
+        assert_eq!(b.verify(token.expose()), Ok(id.clone()));
+        assert_eq!(b.restore(&id, "zz", left), Err(PullError::InvalidDigest));
     }
 
     #[test]
@@ -1266,43 +1655,164 @@ mod tests {
         );
     }
 
+    fn drain(rx: &mut mpsc::Receiver<InstanceOutput>) -> Vec<InstanceOutput> {
+        let mut got = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            got.push(item);
+        }
+        got
+    }
+
     #[tokio::test]
-    async fn reports_are_accepted_once_for_the_handed_execution() {
+    async fn reports_are_accepted_for_the_handed_execution_and_counted() {
         let reg = registry(Duration::from_millis(30));
         let id = InstanceId::random().unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         reg.register(id.clone(), tx, Some(job("ex_5"))).unwrap();
         assert_eq!(
-            reg.begin_report(&id, "ex_5").unwrap_err(),
+            reg.begin_report(&id, "ex_5", 0).await.unwrap_err(),
             ReportRefused::NotFetched
         );
         assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
         assert_eq!(
-            reg.begin_report(&id, "ex_other").unwrap_err(),
+            reg.begin_report(&id, "ex_other", 0).await.unwrap_err(),
             ReportRefused::WrongExecution
         );
-        let mut sink = reg.begin_report(&id, "ex_5").unwrap();
-        assert_eq!(
-            reg.begin_report(&id, "ex_5").unwrap_err(),
-            ReportRefused::AlreadyReported
-        );
-        sink.push(b"{\"type\":\"text\",\"te").await.unwrap();
-        sink.push(b"xt\":\"hi\"}\n\nnot json\n{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":1}")
+        assert_eq!(reg.position(&id, "ex_5").await.unwrap().received, 0);
+        let mut sink = reg.begin_report(&id, "ex_5", 0).await.unwrap();
+        sink.push(b"{\"type\":\"ready\"}\n{\"type\":\"text\",\"te")
             .await
             .unwrap();
-        sink.finish(ReportEnd::Complete).await;
-        let mut got = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            got.push(item);
-        }
+        sink.push(b"xt\":\"hi\"}\n\nnot json\n").await.unwrap();
+        // ready, text, an empty line and garbage: four whole lines.
+        assert_eq!(reg.position(&id, "ex_5").await.unwrap().received, 4);
+        sink.push(b"{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":1}")
+            .await
+            .unwrap();
+        assert_eq!(sink.finish(ReportEnd::Complete).await, ReportOutcome::Ended);
+        let got = drain(&mut rx);
         assert!(matches!(&got[0], InstanceOutput::Event(Event::Text { text }) if text == "hi"));
         assert!(matches!(&got[1], InstanceOutput::Garbage(g) if g == "not json"));
         assert!(matches!(&got[2], InstanceOutput::Event(Event::End { .. })));
         assert_eq!(got.len(), 3);
+        // The execution takes no more report.
         assert_eq!(
-            reg.begin_report(&id, "ex_5").unwrap_err(),
-            ReportRefused::AlreadyReported
+            reg.begin_report(&id, "ex_5", 5).await.unwrap_err(),
+            ReportRefused::Gone
         );
+        assert_eq!(
+            reg.position(&id, "ex_5").await.unwrap_err(),
+            ReportRefused::Gone
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_report_resumes_without_gap_or_duplicate() {
+        let reg = registry(Duration::from_millis(30));
+        reg.set_reattach_grace(Duration::from_secs(30));
+        let id = InstanceId::random().unwrap();
+        let (tx, mut rx) = mpsc::channel(32);
+        reg.register(id.clone(), tx, Some(job("ex_r"))).unwrap();
+        assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
+        let text = |i: u32| format!("{{\"type\":\"text\",\"text\":\"{i}\"}}\n");
+        let mut sink = reg.begin_report(&id, "ex_r", 0).await.unwrap();
+        sink.push(format!("{}{}", text(0), text(1)).as_bytes())
+            .await
+            .unwrap();
+        // Half of line 2 arrives, then the connection breaks.
+        sink.push(&text(2).as_bytes()[..5]).await.unwrap();
+        assert_eq!(sink.finish(ReportEnd::Broken).await, ReportOutcome::Waiting);
+        assert_eq!(reg.position(&id, "ex_r").await.unwrap().received, 2);
+        // A wrong offset is refused with the position.
+        assert_eq!(
+            reg.begin_report(&id, "ex_r", 0).await.unwrap_err(),
+            ReportRefused::Offset(2)
+        );
+        let mut second = reg.begin_report(&id, "ex_r", 2).await.unwrap();
+        second.push(text(2).as_bytes()).await.unwrap();
+        // A third report supersedes the open second one (cut after its last whole line).
+        second.push(&text(3).as_bytes()[..4]).await.unwrap();
+        let mut third = reg.begin_report(&id, "ex_r", 3).await.unwrap();
+        assert_eq!(
+            second.push(&text(3).as_bytes()[4..]).await,
+            Err(ReportError::Superseded)
+        );
+        assert_eq!(
+            second.finish(ReportEnd::Cut(ReportError::Superseded)).await,
+            ReportOutcome::Superseded
+        );
+        third
+            .push(
+                format!(
+                    "{}{{\"type\":\"end\",\"finish_reason\":\"stop\",\"duration_ms\":1}}\n",
+                    text(3)
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            third.finish(ReportEnd::Complete).await,
+            ReportOutcome::Ended
+        );
+        let texts: Vec<String> = drain(&mut rx)
+            .into_iter()
+            .map(|i| match i {
+                InstanceOutput::Event(Event::Text { text }) => text,
+                InstanceOutput::Event(Event::End { .. }) => "end".into(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, ["0", "1", "2", "3", "end"]);
+    }
+
+    #[tokio::test]
+    async fn a_report_not_resumed_within_the_grace_ends_the_execution() {
+        let reg = registry(Duration::from_millis(30));
+        reg.set_reattach_grace(Duration::from_millis(50));
+        let id = InstanceId::random().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        reg.register(id.clone(), tx, Some(job("ex_g"))).unwrap();
+        assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
+        let mut sink = reg.begin_report(&id, "ex_g", 0).await.unwrap();
+        sink.push(b"{\"type\":\"text\",\"text\":\"a\"}\n")
+            .await
+            .unwrap();
+        drop(sink);
+        // Nothing but the text until the grace passes; then the error.
+        assert!(matches!(
+            rx.recv().await,
+            Some(InstanceOutput::Event(Event::Text { .. }))
+        ));
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(InstanceOutput::Event(Event::Error(e)))) => {
+                assert!(e.message.contains("not resumed"), "{}", e.message);
+                assert!(e.partial);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reg.position(&id, "ex_g").await.unwrap_err(),
+            ReportRefused::Gone
+        );
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_reports_from_line_zero() {
+        let reg = registry(Duration::from_millis(30));
+        let id = InstanceId::random().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        reg.register_adopted(id.clone(), tx, "ex_a").unwrap();
+        assert!(matches!(reg.next(&id).await, NextOutcome::Gone));
+        assert_eq!(reg.position(&id, "ex_a").await.unwrap().received, 0);
+        let mut sink = reg.begin_report(&id, "ex_a", 0).await.unwrap();
+        sink.push(b"{\"type\":\"text\",\"text\":\"a\"}\n")
+            .await
+            .unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(InstanceOutput::Event(Event::Text { .. }))
+        ));
     }
 
     #[tokio::test]
@@ -1312,7 +1822,7 @@ mod tests {
             (
                 ReportEnd::Broken,
                 &b"{\"type\":\"text\",\"text\":\"a\"}\n"[..],
-                "vanished mid-job",
+                "not resumed",
             ),
             (ReportEnd::Complete, &b""[..], "without a result"),
             (ReportEnd::Broken, &[b'x'; 100][..], "longer than 64 bytes"),
@@ -1321,14 +1831,17 @@ mod tests {
             let (tx, mut rx) = mpsc::channel(8);
             reg.register(id.clone(), tx, Some(job("ex_6"))).unwrap();
             assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
-            let mut sink = reg.begin_report(&id, "ex_6").unwrap();
+            let mut sink = reg.begin_report(&id, "ex_6", 0).await.unwrap();
             let end = match sink.push(chunk).await {
                 Ok(()) => end,
                 Err(e) => ReportEnd::Cut(e),
             };
             sink.finish(end).await;
+            // A broken report ends after the (short) reattach grace.
             let mut last = None;
-            while let Ok(item) = rx.try_recv() {
+            while let Ok(Some(item)) =
+                tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            {
                 last = Some(item);
             }
             match last {
@@ -1344,17 +1857,17 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         reg.register(id.clone(), tx, Some(job("ex_7"))).unwrap();
         assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
-        drop(reg.begin_report(&id, "ex_7").unwrap());
+        drop(reg.begin_report(&id, "ex_7", 0).await.unwrap());
         assert!(matches!(
-            rx.try_recv(),
-            Ok(InstanceOutput::Event(Event::Error(_)))
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await,
+            Ok(Some(InstanceOutput::Event(Event::Error(_))))
         ));
         // Too large in total.
         let id = InstanceId::random().unwrap();
         let (tx, _rx) = mpsc::channel(64);
         reg.register(id.clone(), tx, Some(job("ex_8"))).unwrap();
         assert!(matches!(reg.next(&id).await, NextOutcome::Job(_)));
-        let mut sink = reg.begin_report(&id, "ex_8").unwrap();
+        let mut sink = reg.begin_report(&id, "ex_8", 0).await.unwrap();
         let line = b"{\"type\":\"text\",\"text\":\"0123456789\"}\n";
         let mut err = None;
         for _ in 0..40 {

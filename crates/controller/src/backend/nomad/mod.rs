@@ -31,6 +31,12 @@
 //!   shutdown) stops and purges its child.
 //! - **Nothing left behind.** Shutdown stops every supervisor, which stops and purges its
 //!   child, then sweeps any child still known.
+//! - **Except across a controller restart** (DESIGN.md 5.2): each handed-out job is journaled
+//!   as an [`InstanceRecord`] (handle `<dispatched job>/<allocation>`; no credential, the
+//!   workload identity is Nomad's), SIGTERM detaches (children with a job keep running, idle
+//!   ones are stopped as usual), and the next controller adopts them: the allocation → instance
+//!   ledger is rebuilt from the record, the registry waits for the resent report, and a
+//!   supervisor follows the allocation exactly as for a cold launch.
 
 mod auth;
 
@@ -58,7 +64,10 @@ use super::pull::{
     DEFAULT_MAX_REPORT_BYTES, DEFAULT_MAX_REPORT_LINE, DEFAULT_POLL_HOLD, InstanceId,
     InstanceRegistry, PullError, RegistryConfig, RuntimeApi, check_runtime_url,
 };
-use super::{Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, PoolStatus};
+use super::{
+    Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, InstanceRecord,
+    PoolStatus,
+};
 
 /// Environment names that must never be set through [`NomadBackendConfig::runtime_env`]: the
 /// job spec is stored in Raft and readable by anyone with `read-job`.
@@ -164,6 +173,39 @@ struct Inner {
     ledger: Arc<Ledger>,
     tracker: TaskTracker,
     closing: CancellationToken,
+    /// Set by `detach` before `closing`: supervisors of instances with a job let them run.
+    detaching: AtomicBool,
+    /// Handed-out jobs not journaled yet: execution id → record (taken once).
+    journal: std::sync::Mutex<std::collections::HashMap<String, InstanceRecord>>,
+}
+
+impl Inner {
+    fn journal(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, InstanceRecord>> {
+        // Inserts and removals only: always consistent.
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that instance `id` (dispatched job `child`) was handed `execution_id`'s job.
+    fn handed(&self, execution_id: &str, id: &InstanceId, child: &str) {
+        let alloc = self.ledger.alloc_of(id).unwrap_or_default();
+        self.journal().insert(
+            execution_id.to_owned(),
+            InstanceRecord {
+                execution_id: execution_id.to_owned(),
+                instance_id: id.to_string(),
+                backend: "nomad".into(),
+                handle: format!("{child}/{alloc}"),
+                credential_digest: None,
+                credential_expires_at_ms: None,
+            },
+        );
+    }
+
+    fn detaching(&self) -> bool {
+        self.detaching.load(Ordering::SeqCst)
+    }
 }
 
 /// The Nomad backend. See the module documentation.
@@ -211,6 +253,7 @@ impl NomadBackend {
             poll_hold: cfg.poll_hold,
             max_line_bytes: DEFAULT_MAX_REPORT_LINE,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            ..RegistryConfig::default()
         }));
         let inner = Arc::new(Inner {
             client,
@@ -221,6 +264,8 @@ impl NomadBackend {
             ledger,
             tracker: TaskTracker::new(),
             closing: CancellationToken::new(),
+            detaching: AtomicBool::new(false),
+            journal: std::sync::Mutex::new(std::collections::HashMap::new()),
             cfg,
         });
         inner.register().await?;
@@ -291,6 +336,17 @@ impl NomadBackend {
             }
             Err(_) => {}
         }
+        // (The ledger's lock is released before `handed` takes it again.)
+        let child = self
+            .inner
+            .ledger
+            .lock()
+            .instances
+            .get(&idle.id)
+            .and_then(|e| e.child.clone());
+        if let (Some(exec), Some(child)) = (&job.execution_id, child) {
+            self.inner.handed(exec, &idle.id, &child);
+        }
         Some(Instance {
             output,
             cancel,
@@ -327,7 +383,7 @@ impl NomadBackend {
         let sup = Supervisor {
             inner: Arc::clone(inner),
             id: id.clone(),
-            child,
+            child: child.clone(),
             eval,
             feed,
         };
@@ -380,11 +436,68 @@ impl NomadBackend {
                 wait.as_millis()
             )));
         }
+        inner.handed(execution_id, &id, &child);
         Ok(Instance {
             output,
             cancel,
             warm: false,
             claim_latency: started.elapsed(),
+        })
+    }
+}
+
+impl NomadBackend {
+    /// Takes back a dispatched child a previous controller handed a job (see the module
+    /// documentation): the ledger learns its allocation again, the registry waits for its
+    /// resent report, and a supervisor follows the allocation as for a cold launch.
+    fn adopt_instance(&self, record: InstanceRecord) -> Result<Instance, BackendError> {
+        let inner = &self.inner;
+        if inner.closing.is_cancelled() {
+            return Err(BackendError::ShuttingDown);
+        }
+        let (child, alloc) = record
+            .handle
+            // Dispatched job ids contain `/` (`<parent>/dispatch-…`); allocation ids do not.
+            .rsplit_once('/')
+            .filter(|(c, _)| c.starts_with(&format!("{}/", inner.parent)))
+            .ok_or_else(|| BackendError::Launch("unreadable Nomad handle".into()))?;
+        let id = InstanceId::new(record.instance_id.clone())
+            .map_err(|e| BackendError::Launch(e.to_string()))?;
+        let (feed_tx, feed) = mpsc::channel(inner.cfg.output_buffer.max(1));
+        inner
+            .registry
+            .register_adopted(id.clone(), feed_tx, &record.execution_id)
+            .map_err(registry_error)?;
+        inner.ledger.add(&id);
+        inner.ledger.set_child(&id, child);
+        // Not known when the job was handed out before the watch bound it: the watch binds the
+        // child's first allocation, as for a cold launch.
+        if !alloc.is_empty() {
+            inner.ledger.bind(&id, alloc);
+        }
+        let (out, output) = mpsc::channel(inner.cfg.output_buffer.max(1));
+        let (cancel, cancel_rx) = CancelHandle::new();
+        // Nobody waits for the start: the job was handed out long ago.
+        let (early, _) = oneshot::channel();
+        let sup = Supervisor {
+            inner: Arc::clone(inner),
+            id,
+            child: child.to_owned(),
+            eval: None,
+            feed,
+        };
+        inner.tracker.spawn(sup.run(Mode::Cold {
+            claim: Claim {
+                out,
+                cancel: cancel_rx,
+            },
+            early,
+        }));
+        Ok(Instance {
+            output,
+            cancel,
+            warm: false,
+            claim_latency: Duration::ZERO,
         })
     }
 }
@@ -764,6 +877,10 @@ impl Supervisor {
                     }
                 }
                 () = out.closed(), if !stopped => {
+                    if inner.detaching() && ended.is_none() && !terminal_seen {
+                        self.let_go();
+                        return;
+                    }
                     stopped = true;
                     give_up_at = Some(Instant::now() + inner.cfg.stop_timeout);
                     self.stop();
@@ -800,6 +917,11 @@ impl Supervisor {
                     break;
                 }
                 () = inner.closing.cancelled(), if !stopped => {
+                    // Only a runtime still working on its job is left running.
+                    if inner.detaching() && ended.is_none() && !terminal_seen {
+                        self.let_go();
+                        return;
+                    }
                     stopped = true;
                     give_up_at = Some(Instant::now() + inner.cfg.stop_timeout.min(Duration::from_secs(5)));
                     self.stop();
@@ -830,6 +952,15 @@ impl Supervisor {
 
     /// Asks Nomad to stop the child (SIGTERM, then SIGKILL after its kill timeout), without
     /// holding up the event forwarding.
+    /// Detach: the child keeps running with its job, for the next controller to adopt; it
+    /// leaves the ledger (so the shutdown sweep spares it) and the registry.
+    fn let_go(&mut self) {
+        tracing::info!(instance = %self.id, child = %self.child, "nomad backend: detaching from a running instance");
+        self.inner.registry.remove(&self.id);
+        self.inner.ledger.forget(&self.id);
+        self.feed.close();
+    }
+
     fn stop(&self) {
         let inner = Arc::clone(&self.inner);
         let child = self.child.clone();
@@ -995,6 +1126,23 @@ impl Backend for NomadBackend {
             auth: Arc::clone(&self.inner.auth) as _,
             registry: Arc::clone(&self.inner.registry),
         })
+    }
+
+    fn instance_record(&self, execution_id: &str) -> Option<InstanceRecord> {
+        self.inner.journal().remove(execution_id)
+    }
+
+    fn adopt(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Instance, BackendError>> {
+        Box::pin(std::future::ready(self.adopt_instance(record)))
+    }
+
+    fn detaches(&self) -> bool {
+        true
+    }
+
+    fn detach(&self) -> BoxFuture<'_, ()> {
+        self.inner.detaching.store(true, Ordering::SeqCst);
+        self.shutdown()
     }
 }
 

@@ -2,8 +2,8 @@
 //! fetches its job from the controller's runtime API instead of reading it from stdin.
 //!
 //! - **Spawn**: `WARM_POOL=true`, `CONTROLLER_URL` (the public URL), `RUNTIME_TOKEN_FILE` (a
-//!   0600 file in the backend's private 0700 directory, deleted once the runtime starts
-//!   reporting, or when it exits) and, with `POLYDEV_TLS_CA`, `EXTRA_CA_CERTS` pointing at a
+//!   0600 file in the backend's private 0700 directory, deleted once the execution's report
+//!   has ended (it stays valid for resuming a broken report until then), or when it exits) and, with `POLYDEV_TLS_CA`, `EXTRA_CA_CERTS` pointing at a
 //!   bundle of that CA plus the operator's own extra CAs. The token is a file rather than
 //!   `RUNTIME_TOKEN` because the environment of a process is readable in
 //!   `/proc/<pid>/environ` for its whole life (and inherited by anything it starts), while the
@@ -21,10 +21,21 @@
 //! - **Events** come in over `POST …/events` into the instance's feed, which the supervisor
 //!   forwards like stdout lines; `Exited` still comes last, after the process exit and the end
 //!   of the report.
+//! - **Runtimes outlive the controller** (DESIGN.md 5.2): a pull-mode runtime is not tied to
+//!   the controller's life (no parent-death signal, its own process group, not killed when its
+//!   `Child` is dropped). Each handed-out job is described by an
+//!   [`InstanceRecord`](crate::backend::InstanceRecord) (`pid:start-time`, the token's digest
+//!   and expiry) that the controller journals; at SIGTERM the backend detaches from runtimes
+//!   with a job instead of stopping them, and the next controller [`adopt`](ProcessBackend)s
+//!   them: the token digest is accepted again, the registry waits for the resent report, and
+//!   the pid is watched through `/proc` (its start time guards against pid reuse); cancel is
+//!   SIGTERM, then SIGKILL after the grace. The exit status of an adopted runtime is unknown
+//!   (it is not this controller's child).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use polydev_protocol::{ApiKey, Job};
 use rustls::pki_types::CertificateDer;
@@ -40,7 +51,10 @@ use crate::backend::pull::{
     DEFAULT_MAX_REPORT_BYTES, DEFAULT_POLL_HOLD, InstanceId, InstanceRegistry, PrivateDir,
     RegistryConfig, RuntimeApi, TokenAuthenticator, check_runtime_url,
 };
-use crate::backend::{BackendError, CancelHandle, Instance, InstanceOutput};
+use crate::backend::{
+    BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, InstanceRecord,
+};
+use crate::execution::unix_ms;
 
 /// How long an idle pull-mode runtime waits for a job before it is replaced (its token's
 /// lifetime). Replacing one costs a process start, once an hour.
@@ -90,6 +104,9 @@ pub(super) struct PullMode {
     job_ttl: Duration,
     ready_timeout: Duration,
     output_buffer: usize,
+    /// Handed-out jobs the controller has not journaled yet: execution id → record. Taken by
+    /// [`PullMode::take_record`]; an entry is dropped with its instance at the latest.
+    journal: Mutex<HashMap<String, InstanceRecord>>,
 }
 
 impl PullMode {
@@ -120,6 +137,7 @@ impl PullMode {
             poll_hold: options.poll_hold,
             max_line_bytes: config.max_line_bytes,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            ..RegistryConfig::default()
         }));
         Ok(PullMode {
             registry,
@@ -130,7 +148,46 @@ impl PullMode {
             job_ttl: options.job_ttl,
             ready_timeout: config.ready_timeout,
             output_buffer: config.output_buffer.max(1),
+            journal: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, HashMap<String, InstanceRecord>> {
+        // Inserts and removals only: always consistent.
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that instance `id` (process `pid`) was handed the job of `execution_id`.
+    fn handed(&self, execution_id: &str, id: &InstanceId, pid: u32) {
+        let Some(start) = proc_start_time(pid) else {
+            // Already gone: nothing to adopt later.
+            return;
+        };
+        let (digest, left) = match self.tokens.digest(id) {
+            Some((d, left)) => (Some(d), Some(left)),
+            None => (None, None),
+        };
+        let record = InstanceRecord {
+            execution_id: execution_id.to_owned(),
+            instance_id: id.to_string(),
+            backend: "process".into(),
+            handle: format!("{pid}:{start}"),
+            credential_digest: digest,
+            credential_expires_at_ms: left.map(|l| {
+                unix_ms(SystemTime::now())
+                    .saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX))
+            }),
+        };
+        self.journal().insert(execution_id.to_owned(), record);
+    }
+
+    /// The record of the instance handed `execution_id`'s job, once.
+    pub(super) fn take_record(&self, execution_id: &str) -> Option<InstanceRecord> {
+        self.journal().remove(execution_id)
+    }
+
+    fn forget_instance(&self, id: &InstanceId) {
+        self.journal().retain(|_, r| r.instance_id != id.as_str());
     }
 
     pub(super) fn api(&self) -> RuntimeApi {
@@ -238,6 +295,7 @@ impl PullLink {
         if !std::mem::replace(&mut self.revoked, true) {
             self.mode.tokens.revoke(&self.id);
             self.mode.registry.remove(&self.id);
+            self.mode.forget_instance(&self.id);
         }
     }
 
@@ -310,7 +368,10 @@ impl ProcessBackend {
         replenish: &mut Replenish<'_, ProcessStarter>,
     ) -> Option<Instance> {
         let ProcessIdle {
-            claim, instance, ..
+            claim,
+            instance,
+            pid,
+            ..
         } = idle;
         let id = instance?;
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
@@ -341,16 +402,23 @@ impl ProcessBackend {
         };
         // An idle instance is polling, so this is a wake-up and a response write away. If its
         // slot goes first (it died), it never had the job.
-        match tokio::time::timeout(pull.ready_timeout, fetched).await {
-            Ok(Ok(())) => Some(instance),
-            Ok(Err(_)) => None,
+        let handed = match tokio::time::timeout(pull.ready_timeout, fetched).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
             Err(_) if pull.registry.unassign(&id) => {
                 tracing::warn!(instance = %id,
                     "process backend: a claimed pull-mode runtime did not fetch its job; retiring it");
-                None
+                false
             }
-            Err(_) => Some(instance),
+            Err(_) => true,
+        };
+        if !handed {
+            return None;
         }
+        if let Some(exec) = &job.execution_id {
+            pull.handed(exec, &id, pid);
+        }
+        Some(instance)
     }
 
     async fn launch_cold_pull(
@@ -360,11 +428,14 @@ impl ProcessBackend {
         key: ApiKey,
         started: Instant,
     ) -> Result<Instance, BackendError> {
+        let job_id = job.execution_id.clone();
         let mut link = pull.new_instance(Some(job), pull.job_token_ttl())?;
         let fetched = link.fetched.take();
         let id = link.id.clone();
         // On an error the link is dropped: token, file and slot go with it.
+        let execution_id = job_id;
         let mut spawned = spawn_runtime(&self.common, true, Some(&link.token_file)).await?;
+        let pid = spawned.pid;
         // Nothing is written to a pull-mode runtime's stdin.
         drop(spawned.stdin.take());
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
@@ -393,11 +464,81 @@ impl ProcessBackend {
         }
         // Fetched; or ended before fetching, and then its output ends with its `Exited`, which
         // says how (code, stderr tail).
+        if let Some(exec) = &execution_id {
+            pull.handed(exec, &id, pid);
+        }
         Ok(Instance {
             output,
             cancel,
             warm: false,
             claim_latency: started.elapsed(),
+        })
+    }
+
+    /// `adopt` in pull mode: accept the runtime's token again, wait for its resent report and
+    /// watch its process (see the module documentation).
+    pub(super) fn adopt_pull(
+        &self,
+        pull: &Arc<PullMode>,
+        record: InstanceRecord,
+    ) -> Result<Instance, BackendError> {
+        let gone = || BackendError::Launch("the runtime process is gone".into());
+        let (pid, start) = record
+            .handle
+            .split_once(':')
+            .and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)))
+            .ok_or_else(|| BackendError::Launch("unreadable process handle".into()))?;
+        if pid == 0 || proc_start_time(pid) != Some(start) {
+            return Err(gone());
+        }
+        let id = InstanceId::new(record.instance_id.clone())
+            .map_err(|e| BackendError::Launch(e.to_string()))?;
+        if let Some(digest) = &record.credential_digest {
+            let now = unix_ms(SystemTime::now());
+            let left = record.credential_expires_at_ms.map_or(pull.job_ttl, |t| {
+                Duration::from_millis(t.saturating_sub(now))
+            });
+            pull.tokens
+                .restore(&id, digest, left)
+                .map_err(|e| BackendError::Launch(e.to_string()))?;
+        }
+        let (feed_tx, feed) = mpsc::channel(pull.output_buffer);
+        if let Err(e) = pull
+            .registry
+            .register_adopted(id.clone(), feed_tx, &record.execution_id)
+        {
+            pull.tokens.revoke(&id);
+            return Err(match e {
+                crate::backend::pull::PullError::Closed => BackendError::ShuttingDown,
+                other => BackendError::Launch(other.to_string()),
+            });
+        }
+        let mut guard = match self.common.tracker.enter() {
+            Ok(g) => g,
+            Err(e) => {
+                pull.tokens.revoke(&id);
+                pull.registry.remove(&id);
+                return Err(e);
+            }
+        };
+        guard.set_pid(pid);
+        let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
+        let (cancel, cancel_rx) = CancelHandle::new();
+        let watch = Adopted {
+            common: Arc::clone(&self.common),
+            pull: Arc::clone(pull),
+            id,
+            pid,
+            start,
+            feed,
+            _guard: guard,
+        };
+        tokio::spawn(watch.run(out_tx, cancel_rx));
+        Ok(Instance {
+            output,
+            cancel,
+            warm: false,
+            claim_latency: Duration::ZERO,
         })
     }
 
@@ -408,5 +549,157 @@ impl ProcessBackend {
             .and_then(|p| p.env.iter().find(|(k, _)| k == "CONTROLLER_URL"))
             .map(|(_, v)| v.as_str())
             .unwrap_or("")
+    }
+}
+
+/// How often an adopted runtime's process is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+/// The start time (clock ticks after boot, `/proc/<pid>/stat` field 22) of live process `pid`;
+/// `None` if there is no such process or it is a zombie.
+pub(super) fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (the state), so field 22 is fields[19].
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// An adopted pull-mode runtime: no longer this controller's child, watched through `/proc`.
+struct Adopted {
+    common: Arc<super::Common>,
+    pull: Arc<PullMode>,
+    id: InstanceId,
+    pid: u32,
+    start: u64,
+    feed: mpsc::Receiver<InstanceOutput>,
+    _guard: super::LiveGuard,
+}
+
+impl Adopted {
+    fn alive(&self) -> bool {
+        proc_start_time(self.pid) == Some(self.start)
+    }
+
+    fn signal(&self, kill: bool) {
+        // Checked right before: the same process (pid and start time), not a reuse.
+        if !self.alive() {
+            return;
+        }
+        let r = if kill {
+            super::sys::send_sigkill(self.pid)
+        } else {
+            super::sys::send_sigterm(self.pid)
+        };
+        if let Err(e) = r {
+            tracing::debug!(pid = self.pid, error = %e, "process backend: signalling an adopted runtime failed");
+        }
+    }
+
+    fn forget(&self) {
+        self.pull.tokens.revoke(&self.id);
+        self.pull.registry.remove(&self.id);
+    }
+
+    async fn run(mut self, out: mpsc::Sender<InstanceOutput>, mut cancel: oneshot::Receiver<()>) {
+        let grace = self.common.config.cancel_grace;
+        let mut shutdown = self.common.shutdown.subscribe();
+        let mut shutdown_seen = false;
+        let mut cancel_open = true;
+        let mut feed_open = true;
+        let mut term_sent: Option<Instant> = None;
+        let mut killed = false;
+        let mut exited_at: Option<Instant> = None;
+        let mut out = Some(out);
+        let mut tick = tokio::time::interval(ADOPTED_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut cancel, if cancel_open => {
+                    cancel_open = false;
+                    if r.is_ok() && term_sent.is_none() {
+                        self.signal(false);
+                        term_sent = Some(Instant::now());
+                    }
+                }
+                () = super::shutdown_signalled(&mut shutdown), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    if self.common.detaching.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Detached again: the next controller adopts it.
+                        self.forget();
+                        return;
+                    }
+                    if term_sent.is_none() {
+                        self.signal(false);
+                        term_sent = Some(Instant::now());
+                    }
+                }
+                item = self.feed.recv(), if feed_open => match item {
+                    Some(item) => {
+                        let sent = match &out {
+                            Some(tx) => tx.send(item).await.is_ok(),
+                            None => true,
+                        };
+                        if !sent {
+                            out = None;
+                            if term_sent.is_none() {
+                                self.signal(false);
+                                term_sent = Some(Instant::now());
+                            }
+                        }
+                    }
+                    None => feed_open = false,
+                },
+                _ = tick.tick() => {
+                    if exited_at.is_none() && !self.alive() {
+                        exited_at = Some(Instant::now());
+                        // Its credential and slot go with it; a report in progress still ends.
+                        self.forget();
+                    }
+                    if let Some(t) = term_sent
+                        && !killed
+                        && exited_at.is_none()
+                        && t.elapsed() >= grace
+                    {
+                        killed = true;
+                        self.signal(true);
+                    }
+                    if let Some(t) = exited_at
+                        && (!feed_open || t.elapsed() >= grace)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        self.feed.close();
+        while let Ok(item) = self.feed.try_recv() {
+            if let Some(tx) = &out {
+                let _ = tx.send(item).await;
+            }
+        }
+        if let Some(tx) = out {
+            let mut notes = vec![
+                "an adopted runtime (not this controller's child: exit status unknown)".to_owned(),
+            ];
+            if killed {
+                notes.push("killed (still running after SIGTERM)".into());
+            } else if term_sent.is_some() {
+                notes.push("terminated".into());
+            }
+            let _ = tx
+                .send(InstanceOutput::Exited(ExitInfo {
+                    code: None,
+                    signal: None,
+                    detail: Some(notes.join("; ")),
+                    oom_killed: false,
+                }))
+                .await;
+        }
     }
 }

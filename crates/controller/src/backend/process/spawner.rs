@@ -20,6 +20,12 @@
 //! stalled runtime); cgroups (need privileges and are not available to a plain `cargo run`). The
 //! thread costs one parked OS thread and a channel hop per spawn (a few microseconds).
 //!
+//! Pull-mode runtimes are the exception (`SpawnSpec::outlive`): they report over the runtime
+//! API and reconnect to whichever controller answers, so a controller restart must not kill
+//! them (DESIGN.md 5.2). They get no `PARENT_PID` and are not killed when their `Child` is
+//! dropped; the trade-off is that a controller killed with `kill -9` leaves them running until
+//! they finish their job or give up reconnecting (the runtime's reconnect window).
+//!
 //! The child is still a `tokio::process::Child`: the spawner enters the caller's runtime
 //! context before spawning, so tokio registers the child (pidfd or SIGCHLD) with that runtime
 //! and the caller awaits its exit and pipes as usual.
@@ -40,6 +46,10 @@ pub(crate) struct SpawnSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
+    /// The runtime may outlive the controller (pull mode, DESIGN.md 5.2): it is not tied to
+    /// the controller's life (no `PARENT_PID`), and a `Child` dropped without being waited for
+    /// (the controller detaching at shutdown) is left running rather than killed.
+    pub outlive: bool,
 }
 
 struct Request {
@@ -87,7 +97,7 @@ fn serve(req: Request) {
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // The runtime ties itself to this process (and to this thread: see above).
-            .env("PARENT_PID", std::process::id().to_string())
+            .envs((!spec.outlive).then(|| ("PARENT_PID", std::process::id().to_string())))
             // A runtime wakes up once per streamed token; glibc's restartable-sequences
             // registration costs a user-memory update on every return from a preempted syscall
             // (about 4% of a streaming runtime's CPU in docs/profile.md) and the runtime has no
@@ -98,7 +108,7 @@ fn serve(req: Request) {
             .stderr(Stdio::piped())
             // Safety net: a `Child` dropped without being waited for is killed and handed to
             // tokio's orphan reaper. The process backend normally waits for every child itself.
-            .kill_on_drop(true)
+            .kill_on_drop(!spec.outlive)
             // Own process group: a Ctrl-C on the controller's terminal reaches the controller,
             // which shuts down gracefully, instead of cancelling every runtime at once.
             .process_group(0);

@@ -2,7 +2,7 @@
 //! safe std or tokio equivalent. (Runtimes set their own parent-death signal: see
 //! `spawner.rs`.)
 //!
-//! - [`send_sigterm`]: `kill(2)`, because tokio can only send SIGKILL and a cancelled runtime
+//! - [`send_sigterm`] and [`send_sigkill`]: `kill(2)`, because tokio can only send SIGKILL and a cancelled runtime
 //!   must first get SIGTERM to close its upstream connection and emit its `cancelled` event.
 //! - [`raise_nofile_limit`]: `getrlimit(2)` / `setrlimit(2)`, because every execution holds
 //!   three pipes plus sockets and the default soft limit (often 1024) caps concurrency.
@@ -20,6 +20,18 @@ use std::io;
 /// `Child::id()` returns `None` once it has), so the pid cannot have been reused by another
 /// process.
 pub(crate) fn send_sigterm(pid: u32) -> io::Result<()> {
+    send_signal(pid, libc::SIGTERM)
+}
+
+/// Sends SIGKILL to process `pid`: for an adopted runtime (DESIGN.md 5.2), which is no longer
+/// this process's child, so tokio cannot kill it. The caller checks, right before, that `pid`
+/// still has the start time it was journaled with (so it is the same process, not a reuse of
+/// its number); the window between that check and the signal is the caller's to accept.
+pub(crate) fn send_sigkill(pid: u32) -> io::Result<()> {
+    send_signal(pid, libc::SIGKILL)
+}
+
+fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     if pid <= 0 {
         // kill(0) or kill(-1) would signal a whole group or every process we may signal.
@@ -27,7 +39,7 @@ pub(crate) fn send_sigterm(pid: u32) -> io::Result<()> {
     }
     // SAFETY: kill(2) takes two integers and touches no memory of ours; `pid` is positive, so
     // it names exactly one process.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } == -1 {
+    if unsafe { libc::kill(pid, signal) } == -1 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
