@@ -213,7 +213,7 @@ impl Settings {
             Some(url) if warm => {
                 use crate::pull::{PullConfig, TokenSource};
                 let token = match (env.var(RUNTIME_TOKEN), env.var(RUNTIME_TOKEN_FILE)) {
-                    (_, Some(path)) => TokenSource::File(PathBuf::from(path)),
+                    (_, Some(path)) => TokenSource::file(PathBuf::from(path)),
                     (Some(t), None) => TokenSource::Value(t),
                     (None, None) => {
                         return Err(config_err(format!(

@@ -11,11 +11,13 @@
 //! refused unless the controller is on loopback.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use polydev_protocol::Job;
+use zeroize::Zeroizing;
 
 use crate::config::{ConfigError, MAX_JOB_LINE_BYTES};
 use crate::execute::Cancel;
@@ -38,8 +40,17 @@ const TOKEN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub enum TokenSource {
     Value(String),
-    /// Re-read on every request (Nomad rotates it).
-    File(PathBuf),
+    /// Re-read on every request (Nomad rotates it); the last good token is remembered for when
+    /// the file is gone (the controller deletes it once used, and a controller that detached
+    /// on SIGTERM removes its whole directory: the token stays valid for this execution).
+    File(PathBuf, Arc<Mutex<Option<Zeroizing<String>>>>),
+}
+
+impl TokenSource {
+    /// A token read from `path`.
+    pub fn file(path: PathBuf) -> TokenSource {
+        TokenSource::File(path, Arc::default())
+    }
 }
 
 /// Whether `token` can be sent: not empty, no whitespace or control characters, and, if it
@@ -57,7 +68,7 @@ impl TokenSource {
     /// (empty, partial, briefly missing) is retried for up to half a second; this blocks the
     /// thread, which has nothing else to do without a token.
     pub(crate) fn read(&self) -> Result<String, PullError> {
-        let path = match self {
+        let (path, last) = match self {
             TokenSource::Value(v) => {
                 let token = v.trim().to_owned();
                 return if well_formed(&token) {
@@ -68,16 +79,37 @@ impl TokenSource {
                     ))
                 };
             }
-            TokenSource::File(path) => path,
+            TokenSource::File(path, last) => (path, last),
+        };
+        let remembered = || {
+            last.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|t| t.to_string())
         };
         let mut attempt = 0;
         loop {
             let problem = match std::fs::read_to_string(path) {
-                Ok(text) if well_formed(text.trim()) => return Ok(text.trim().to_owned()),
+                Ok(text) if well_formed(text.trim()) => {
+                    let token = text.trim().to_owned();
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Zeroizing::new(token.clone()));
+                    return Ok(token);
+                }
                 Ok(_) => format!("{} is empty or malformed", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Deleted after use (not rotated: a rotation rewrites in place).
+                    if let Some(token) = remembered() {
+                        return Ok(token);
+                    }
+                    format!("cannot read {}: {e}", path.display())
+                }
                 Err(e) => format!("cannot read {}: {e}", path.display()),
             };
             if attempt == TOKEN_READ_RETRIES {
+                if let Some(token) = remembered() {
+                    return Ok(token);
+                }
                 return Err(PullError::Token(format!(
                     "{problem} (read {} times, {} ms apart)",
                     attempt + 1,
@@ -299,18 +331,29 @@ mod tests {
     fn token_file_is_reread_and_validated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        let src = TokenSource::File(path.clone());
+        let src = TokenSource::file(path.clone());
         assert!(src.read().is_err());
         std::fs::write(&path, "first\n").unwrap();
         assert_eq!(src.read().unwrap(), "first");
         std::fs::write(&path, "second").unwrap();
         assert_eq!(src.read().unwrap(), "second");
+        // A file that stays broken is an error for a source that never read a good token…
         std::fs::write(&path, "").unwrap();
-        let err = src.read().unwrap_err().to_string();
+        let err = TokenSource::file(path.clone())
+            .read()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("empty or malformed") && err.contains("read 6 times"),
             "{err}"
         );
+        // …while one that did keeps using it: a broken rewrite, or a file deleted after use
+        // (the controller removes token files, and its whole directory when it detaches).
+        assert_eq!(src.read().unwrap(), "second");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(src.read().unwrap(), "second");
+        std::fs::write(&path, "third").unwrap();
+        assert_eq!(src.read().unwrap(), "third");
     }
 
     #[test]
@@ -331,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nomad_polydev.jwt");
         std::fs::write(&path, "").unwrap();
-        let src = TokenSource::File(path.clone());
+        let src = TokenSource::file(path.clone());
         let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(150));

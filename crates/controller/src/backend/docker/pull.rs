@@ -99,6 +99,7 @@ impl DockerPull {
             poll_hold: options.poll_hold,
             max_line_bytes: config.max_line_bytes,
             max_report_bytes: DEFAULT_MAX_REPORT_BYTES,
+            ..RegistryConfig::default()
         }));
         Ok(DockerPull {
             registry,
