@@ -363,19 +363,34 @@ impl Suite {
         match kind {
             Kind::RuntimeKill => {
                 wait_tokens(&progress, total_tokens / 4, specs.len()).await;
-                let own = std::process::id();
-                let cpid = u32::try_from(pid.load(Ordering::Relaxed)).unwrap_or(0);
-                let mut victims: Vec<u32> = procs::processes_of(&self.runtime)
-                    .into_iter()
-                    .filter(|(_, ppid)| *ppid == cpid || *ppid == own)
-                    .map(|(p, _)| p)
-                    .collect();
-                victims.sort_unstable();
-                victims.truncate((specs.len() / 4).max(1));
-                for v in &victims {
-                    procs::signal(*v, true);
+                let want = (specs.len() / 4).max(1);
+                if backend == Backend::Docker {
+                    // The runtime is the container's only process: `docker kill` is its SIGKILL.
+                    let mut victims = docker_containers(&instance, false);
+                    victims.truncate(want);
+                    for v in &victims {
+                        let _ = std::process::Command::new("docker")
+                            .args(["kill", "--signal", "KILL", v])
+                            .stdin(std::process::Stdio::null())
+                            .output();
+                    }
+                    run.runtimes_killed = victims.len();
+                } else {
+                    // Process backend: children of the controller; fake Nomad: of this process.
+                    let own = std::process::id();
+                    let cpid = u32::try_from(pid.load(Ordering::Relaxed)).unwrap_or(0);
+                    let mut victims: Vec<u32> = procs::processes_of(&self.runtime)
+                        .into_iter()
+                        .filter(|(_, ppid)| *ppid == cpid || *ppid == own)
+                        .map(|(p, _)| p)
+                        .collect();
+                    victims.sort_unstable();
+                    victims.truncate(want);
+                    for v in &victims {
+                        procs::signal(*v, true);
+                    }
+                    run.runtimes_killed = victims.len();
                 }
-                run.runtimes_killed = victims.len();
             }
             Kind::ControllerKill | Kind::ControllerTerm => {
                 for r in 0..self.restarts {
@@ -565,7 +580,12 @@ impl Suite {
             }
         }
         if backend == Backend::Docker {
-            let left = docker_containers(&instance);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut left = docker_containers(&instance, true);
+            while !left.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                left = docker_containers(&instance, true);
+            }
             if !left.is_empty() {
                 run.violations.push(format!(
                     "containers left after the controller stopped: {left:?}"
@@ -777,16 +797,15 @@ fn docker_image() -> String {
         .unwrap_or_else(|_| format!("polydev-runtime:{}", env!("CARGO_PKG_VERSION")))
 }
 
-/// Containers of this controller instance still present.
-fn docker_containers(instance: &str) -> Vec<String> {
+/// Containers of this controller instance: running ones, or (`all`) every one still present.
+fn docker_containers(instance: &str, all: bool) -> Vec<String> {
+    let filter = format!("label=io.polydev.controller={instance}");
+    let mut args = vec!["ps", "-q", "--filter", &filter];
+    if all {
+        args.push("-a");
+    }
     let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "-q",
-            "--filter",
-            &format!("label=io.polydev.controller={instance}"),
-        ])
+        .args(&args)
         .stdin(std::process::Stdio::null())
         .output();
     match out {
@@ -847,7 +866,7 @@ async fn execution_view(addr: SocketAddr, id: &str) -> Result<serde_json::Value,
 /// The figures of a run as Markdown (docs/reliability.md).
 pub fn report_markdown(suite: &Suite, runs: &[Run]) -> String {
     let mut md = String::new();
-    md.push_str("# Reliability: the chaos suite\n\n");
+    md.push_str("# Reliability: the chaos suite\n\n## Method\n\n");
     md.push_str(
         "Written by `polydev-chaos --report` (crates/chaos; `scripts/chaos.sh`). Each scenario runs \
          N concurrent streams through the `polydev-controller` binary (a child process the suite \
@@ -860,16 +879,55 @@ pub fn report_markdown(suite: &Suite, runs: &[Run]) -> String {
          allocation or container may be left; the key canary may appear in no file of the state \
          directory (SQLite database and its side files, controller and task logs).\n\n",
     );
+    md.push_str(
+        "## Commands\n\n\
+         - `scripts/chaos.sh` (CI selection, about 2 minutes on 2 cores): every scenario that \
+         passes on main today, i.e. `baseline`, `runtime-kill`, `upstream-faults`, `slow-reader` \
+         and `resume-storm` on the `process` (pull mode), `nomad` (fake Nomad) and `docker` \
+         backends; 24 streams of 3 s each.\n\
+         - `scripts/chaos.sh ci --with-restarts`: also `controller-kill` (SIGKILL, restart on the \
+         same port and database) and `controller-term` (SIGTERM, a new controller once it has \
+         exited), which need runtime reconnect/resend and controller adoption (issue 15 items \
+         1-3).\n\
+         - `scripts/chaos.sh soak --with-restarts --report docs/reliability.md`: the done-when \
+         run, 50 concurrent 20-second streams, 3 restarts per restart scenario.\n\
+         - `--scenario NAME[,NAME]` picks scenarios (`process/runtime-kill`, a backend such as \
+         `nomad`, or a scenario name such as `resume-storm`); `--list` lists them.\n\n\
+         ## What each scenario breaks and expects\n\n\
+         - `baseline`: nothing; every stream ends `end` with the whole answer.\n\
+         - `runtime-kill`: a quarter of the runtimes get SIGKILL a quarter of the way in (no warm \
+         pool, so every runtime is busy); each stream ends with the whole answer or one \
+         `internal` error after a prefix of it, and at most one such error per killed runtime.\n\
+         - `upstream-faults`: in turn per stream, the emulator resets the connection \
+         (`drop`, expect `upstream`), ends the body early (`trunc`, `protocol`), stalls (`stall`, \
+         `timeout` from the runtime's 2 s idle timeout), sends an in-stream provider error \
+         (`mid`, `upstream` for OpenAI, `overloaded` for Anthropic and Gemini), streams at a \
+         quarter of the pace (whole answer), resets before any output once (`drop0-times1`, \
+         retried: whole answer) or answers 503 once (retried: whole answer).\n\
+         - `slow-reader`: two clients read a 20,000-token answer (sent at 2,500 tokens/s) with a \
+         200 ms pause per read for the slow phase (8 s, or the stream length if longer), two \
+         open `/events` and read nothing for that long; the others stream normally. The \
+         controller's RSS is sampled every 100 ms (bound: +128 MiB; the figure is below), and \
+         the normal streams' longest gap between two tokens must stay under 5 s (they are paced \
+         at 50 ms).\n\
+         - `resume-storm`: every client drops its connection every 3 to 7 events and resumes \
+         with `Last-Event-ID`.\n\
+         - `controller-kill` / `controller-term`: the controller is SIGKILLed (or SIGTERMed and \
+         waited for) at evenly spread points of the streams' life and a new one starts on the \
+         same port and database (`POLYDEV_REATTACH_GRACE=60s`); every client resumes and must \
+         get the whole answer once, none `interrupted`.\n\n",
+    );
     md.push_str(&format!(
-        "Last run: mode `{}`, {} streams per scenario of {} s each, {} restart(s) per restart \
-         scenario.\n\n",
+        "## Last run\n\nMode `{}`, {} streams per scenario of {} s each, {} restart(s) per restart \
+         scenario, {} CPU core(s), debug or release binaries as built by scripts/chaos.sh.\n\n",
         match suite.mode {
             Mode::Ci => "ci",
             Mode::Soak => "soak",
         },
         suite.streams,
         suite.stream_seconds(),
-        suite.restarts
+        suite.restarts,
+        std::thread::available_parallelism().map_or(0, usize::from),
     ));
     md.push_str("| scenario | result | streams | complete | error | tokens checked | resumes | restarts | runtimes killed | losses | controller RSS start → max (KiB) | max token gap (ms) | time (s) |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
