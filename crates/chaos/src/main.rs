@@ -153,7 +153,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let controller_help = std::process::Command::new(&controller)
+        .arg("--help")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let suite = Suite {
+        controller_help,
         controller: controller.canonicalize().unwrap_or(controller),
         runtime: runtime.canonicalize().unwrap_or(runtime),
         mode: args.mode,
@@ -161,6 +168,7 @@ fn main() -> ExitCode {
         restarts,
         state_dir: state_dir.clone(),
     };
+    println!("polydev-chaos: {}", suite.features_note());
     let runs: Vec<Run> = rt.block_on(suite.run_all(&selected));
     let failed = runs.iter().filter(|r| r.failed()).count();
     println!(

@@ -115,6 +115,8 @@ pub fn all() -> Vec<(Backend, Kind)> {
 #[derive(Debug)]
 pub struct Suite {
     pub controller: PathBuf,
+    /// The controller's `--help`: which of the restart-survival settings it knows.
+    pub controller_help: String,
     pub runtime: PathBuf,
     pub mode: Mode,
     pub streams: usize,
@@ -206,6 +208,22 @@ impl Suite {
             // 20 s.
             Mode::Soak => Pace { len: 400, rate: 20 },
         }
+    }
+
+    /// Which restart-survival settings the controller under test knows (from its `--help`).
+    pub fn features_note(&self) -> String {
+        let has = |v: &str| self.controller_help.contains(v);
+        let docker = if has("POLYDEV_DOCKER_MODE") {
+            "knows `POLYDEV_DOCKER_MODE` (Docker scenarios in pull mode)"
+        } else {
+            "has no `POLYDEV_DOCKER_MODE`, so the Docker scenarios use its stdin mode"
+        };
+        let grace = if has("POLYDEV_REATTACH_GRACE") {
+            "knows `POLYDEV_REATTACH_GRACE`"
+        } else {
+            "has no `POLYDEV_REATTACH_GRACE` (no adoption after a restart)"
+        };
+        format!("The controller under test {docker}, and {grace}.")
     }
 
     fn stream_seconds(&self) -> u64 {
@@ -929,7 +947,7 @@ pub fn report_markdown(suite: &Suite, runs: &[Run]) -> String {
     );
     md.push_str(&format!(
         "## Last run\n\nMode `{}`, {} streams per scenario of {} s each, {} restart(s) per restart \
-         scenario, {} CPU core(s), debug or release binaries as built by scripts/chaos.sh.\n\n",
+         scenario, {} CPU core(s), {} binaries. {}\n\n",
         match suite.mode {
             Mode::Ci => "ci",
             Mode::Soak => "soak",
@@ -938,6 +956,16 @@ pub fn report_markdown(suite: &Suite, runs: &[Run]) -> String {
         suite.stream_seconds(),
         suite.restarts,
         std::thread::available_parallelism().map_or(0, usize::from),
+        if suite
+            .controller
+            .components()
+            .any(|c| c.as_os_str() == "release")
+        {
+            "release"
+        } else {
+            "debug"
+        },
+        suite.features_note(),
     ));
     md.push_str("| scenario | result | streams | complete | error | tokens checked | resumes | restarts | runtimes killed | losses | controller RSS start → max (KiB) | max token gap (ms) | time (s) |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
