@@ -528,10 +528,9 @@ fn credential_like_runtime_env_is_refused() {
 /// stream closes with no terminal event, the dispatched child keeps its job, the row stays
 /// `running` with its instance record), and a second controller on the same database and
 /// address adopts the child: its allocation is followed again and its runtime may report to
-/// it. Whatever the runtime does (it resends its report once crates/runtime implements the
-/// resume of issue 15; an older one gives up), the client resuming with `Last-Event-ID` gets
-/// consecutive ids and exactly one terminal event, the row ends consistent with it, and nothing
-/// is left in Nomad. `POLYDEV_TEST_REQUIRE_RESUME=1` demands the resumed answer.
+/// it. The runtime resends its report: the client resuming with `Last-Event-ID` gets the rest
+/// of the answer with consecutive ids and one `end`, the row ends `succeeded`, and nothing is
+/// left in Nomad.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_adopts_the_running_child() {
     let _ = tracing_subscriber::fmt()
@@ -647,21 +646,15 @@ async fn a_restarted_controller_adopts_the_running_child() {
         polydev_controller::controller::Lookup::Live(e) => e.status().as_str().to_owned(),
         other => panic!("{other:?}"),
     };
-    if terminal[0].event == "end" {
-        for (i, e) in rest.iter().enumerate() {
-            assert_eq!(e.id, Some(last_id + 1 + i as u64), "{rest:?}");
-        }
-        assert_eq!(status, "succeeded");
-    } else {
-        // Today's runtime gives up when its report breaks; with the runtime side of issue 15
-        // in place, `POLYDEV_TEST_REQUIRE_RESUME=1` demands the resumed answer.
-        assert!(
-            std::env::var("POLYDEV_TEST_REQUIRE_RESUME").as_deref() != Ok("1"),
-            "the runtime did not resume: {rest:?}"
-        );
-        assert_eq!(terminal[0].data["kind"], "interrupted", "{rest:?}");
-        assert_eq!(status, "failed");
+    // The runtime resent its report: the rest of the answer, consecutive ids, `end`.
+    assert_eq!(
+        terminal[0].event, "end",
+        "the runtime did not resume: {rest:?}"
+    );
+    for (i, e) in rest.iter().enumerate() {
+        assert_eq!(e.id, Some(last_id + 1 + i as u64), "{rest:?}");
     }
+    assert_eq!(status, "succeeded");
     b_server.shutdown();
     tokio::time::timeout(Duration::from_secs(60), &mut b_server.task)
         .await

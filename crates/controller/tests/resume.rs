@@ -13,8 +13,8 @@
 //!   and a stream held open on B gets that one terminal event.
 //!
 //! The same restart against the real runtime binary (process backend in pull mode) is
-//! `real_runtime_process_pull_across_a_sigterm_restart` below: it accepts a runtime that gives
-//! up (today's) unless `POLYDEV_TEST_REQUIRE_RESUME=1`, which demands the full resume.
+//! `real_runtime_process_pull_across_a_sigterm_restart` below: the runtime resends its report
+//! and the client gets the whole answer once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -698,13 +698,10 @@ async fn real_world(
 /// The real runtime in the process backend's pull mode across a SIGTERM restart: A detaches
 /// (the stream closes with no terminal event, the row stays `running`), B on the same address
 /// and database adopts. With a runtime that resends its report (crates/runtime, issue 15) the
-/// client resuming on B gets the rest of the answer with consecutive ids and `end`; with one
-/// that gives up, exactly one `interrupted` error. Either way nothing is left running.
-/// `POLYDEV_TEST_REQUIRE_RESUME=1` demands the first outcome (enable it once the runtime side
-/// has landed).
+/// client resuming on B gets the rest of the answer with consecutive ids and `end`, and
+/// nothing is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_runtime_process_pull_across_a_sigterm_restart() {
-    let require_resume = std::env::var("POLYDEV_TEST_REQUIRE_RESUME").is_ok_and(|v| v == "1");
     let emu = polydev_test_support::emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("real.db");
@@ -797,16 +794,22 @@ async fn real_runtime_process_pull_across_a_sigterm_restart() {
         Some(terminal[0].event.as_str())
     );
     let v = get_json(addr, &format!("/v1/executions/{id}")).await;
-    if terminal[0].event == "end" {
-        for (i, e) in rest.iter().enumerate() {
-            assert_eq!(e.id, Some(last + 1 + i as u64), "{rest:?}");
-        }
-        assert_eq!(v["status"], "succeeded", "{v}");
-    } else {
-        assert!(!require_resume, "the runtime did not resume: {rest:?}");
-        assert_eq!(terminal[0].data["kind"], "interrupted", "{rest:?}");
-        assert_eq!(v["status"], "failed", "{v}");
+    // The runtime resent its report: the rest of the answer, consecutive ids, `end`.
+    assert_eq!(
+        terminal[0].event, "end",
+        "the runtime did not resume: {rest:?}"
+    );
+    for (i, e) in rest.iter().enumerate() {
+        assert_eq!(e.id, Some(last + 1 + i as u64), "{rest:?}");
     }
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let text: String = before
+        .iter()
+        .chain(rest.iter())
+        .filter(|e| e.event == "text")
+        .filter_map(|e| e.data["text"].as_str())
+        .collect();
+    assert_eq!(text, polydev_test_support::answer_text(300));
     drop(b);
     b_server.shutdown();
     b_server.task.await.unwrap().unwrap();
