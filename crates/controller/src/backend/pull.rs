@@ -386,6 +386,13 @@ impl TokenAuthenticator {
         Ok(())
     }
 
+    /// Ends `id`'s token here but keeps its file and returns its path: a detaching controller
+    /// leaves the file for the runtime (and the next controller, which accepts the token
+    /// again from its journaled digest and deletes the file when the execution ends).
+    pub fn release(&self, id: &InstanceId) -> Option<PathBuf> {
+        self.lock().remove(id).and_then(|old| old.file)
+    }
+
     /// Ends `id`'s token now and deletes its file. Idempotent.
     pub fn revoke(&self, id: &InstanceId) {
         let old = self.lock().remove(id);
@@ -472,6 +479,10 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 const PRIVATE_DIR_PREFIX: &str = "polydev-runtime-api-";
 /// The file whose `flock` a live controller holds for as long as its directory exists.
 const PRIVATE_DIR_LOCK: &str = ".owner.lock";
+/// Present in a private directory a detaching controller left for its runtimes (their token
+/// files): holds the controller's instance name. Start-up sweeps leave such a directory alone;
+/// the next controller of that instance removes its files as their executions end.
+pub const PRIVATE_DIR_DETACHED: &str = ".detached";
 /// A leftover directory without a lock file (made before there was one) counts as stale when
 /// nothing in it changed for this long.
 const LEGACY_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -553,6 +564,20 @@ impl PrivateDir {
         Ok(path)
     }
 
+    /// Leaves the directory (and the token files in it) behind when this controller goes: it
+    /// is marked [`PRIVATE_DIR_DETACHED`] with `instance`, so that no start-up sweep removes
+    /// it, and it is no longer removed on drop.
+    pub fn keep(&self, instance: &str) -> Result<(), PullError> {
+        std::fs::write(self.path.join(PRIVATE_DIR_DETACHED), instance)
+            .map_err(|e| PullError::PrivateDir(e.kind()))?;
+        let dir = self.dir.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(dir) = dir {
+            // Not removed on drop any more.
+            let _ = dir.keep();
+        }
+        Ok(())
+    }
+
     /// Removes the directory and everything in it. Idempotent.
     pub fn close(&self) {
         let dir = self.dir.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -582,6 +607,11 @@ fn sweep_stale(parent: &Path) -> usize {
             continue;
         }
         let path = entry.path();
+        if path.join(PRIVATE_DIR_DETACHED).exists() {
+            // Token files of runtimes that outlive their controller: the next controller of
+            // that instance removes them.
+            continue;
+        }
         let stale = match std::fs::File::open(path.join(PRIVATE_DIR_LOCK)) {
             // The lock is released when its owner's process ends, however it ended.
             Ok(lock) => lock.try_lock().is_ok(),
