@@ -1699,7 +1699,10 @@ async fn pull_mode_a_sigterm_restart_adopts_the_running_container_and_the_client
     assert_eq!(c2, container);
     assert!(token_file.is_file(), "the token file went with A");
     let (backend, handle, digest) = journaled(&db, &id);
-    assert_eq!((backend.as_str(), handle.as_str()), ("docker", container.as_str()));
+    assert_eq!(
+        (backend.as_str(), handle.as_str()),
+        ("docker", container.as_str())
+    );
     assert_eq!(digest.map(|d| d.len()), Some(64));
     assert_no_secret_in(dir.path(), &secret);
 
@@ -1774,7 +1777,15 @@ async fn pull_mode_an_adopted_container_that_never_reports_is_interrupted_and_re
     let (a, mut a_server, a_backend, _) =
         adopting_stack(&scope, env.clone(), listener, &db, Duration::from_secs(60)).await;
     let (mut sse, id) = open_stream(addr, job(Provider::Anthropic, "len400-rate20")).await;
-    until_text(&mut sse).await;
+    let mut last = 1;
+    loop {
+        let e = sse.next().await.expect("stream ended before any text");
+        assert_ne!(e.event, "error", "{e:?}");
+        last = e.id.unwrap_or(last);
+        if e.event == "text" {
+            break;
+        }
+    }
     let (container, token_file) = running_container(scope.id()).await;
     a_server.shutdown();
     tokio::time::timeout(ENGINE_WAIT, &mut a_server.task)
@@ -1786,6 +1797,7 @@ async fn pull_mode_an_adopted_container_that_never_reports_is_interrupted_and_re
     drop(a_backend);
     let seen = sse.rest().await;
     assert!(seen.iter().all(|e| e.event != "end" && e.event != "error"));
+    let last = seen.last().and_then(|e| e.id).unwrap_or(last);
     // B listens elsewhere: the container's runtime keeps trying A's address and never reports
     // to B.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1797,13 +1809,14 @@ async fn pull_mode_an_adopted_container_that_never_reports_is_interrupted_and_re
         b_addr,
         Method::GET,
         &format!("/v1/executions/{id}/events"),
-        &[SSE, ("last-event-id", "3")],
+        &[SSE, ("last-event-id", &last.to_string())],
         None,
     )
     .await;
     let rest = tokio::time::timeout(ENGINE_WAIT, SseReader::new(res).rest())
         .await
         .expect("the stream ends after the grace");
+    assert_eq!(rest.first().and_then(|e| e.id), Some(last + 1), "{rest:?}");
     let terminal: Vec<_> = rest
         .iter()
         .filter(|e| e.event == "end" || e.event == "error")
@@ -1851,6 +1864,7 @@ async fn pull_mode_the_binary_killed_mid_stream_is_adopted_by_the_next_one_and_l
         ("POLYDEV_DOCKER_INSTANCE", instance.clone()),
         ("POLYDEV_LISTEN", format!("127.0.0.1:{port}")),
         ("POLYDEV_REATTACH_GRACE", "60s".into()),
+        ("POLYDEV_POOL_SIZE", "1".into()),
     ];
     for p in Provider::ALL {
         let (k, v) = base_url_env(p, &emu.base_url());
@@ -1858,23 +1872,65 @@ async fn pull_mode_the_binary_killed_mid_stream_is_adopted_by_the_next_one_and_l
     }
     let _sweep = Sweep(instance.clone());
     let mut first = Binary::start(&db, &env).await;
+    let pool_idle = |addr: SocketAddr| async move {
+        let res = send(addr, Method::GET, "/v1/pool", &[], None).await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let pool: Value = serde_json::from_slice(&body).unwrap();
+        pool["idle"].as_u64().unwrap_or(0)
+    };
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while pool_idle(first.addr).await < 1 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The execution takes the warm container (labelled `warm`, no execution label: only
+    // the journaled container id tells it from an idle one).
     let len = 200;
-    let (mut sse, id) =
-        open_stream(first.addr, job(Provider::Google, &format!("len{len}-rate20"))).await;
+    let (mut sse, id) = open_stream(
+        first.addr,
+        job(Provider::Google, &format!("len{len}-rate20")),
+    )
+    .await;
     let mut before = Vec::new();
     while before.len() < 4 {
         let e = sse.next().await.unwrap();
         assert_ne!(e.event, "error", "{e:?}");
         before.push(e);
     }
-    let (container, _) = running_container(&instance).await;
+    // ...and the pool refills: one container with the job, one idle.
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while pool_idle(first.addr).await < 1 {
+        assert!(Instant::now() < deadline, "the pool never refilled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(first.addr, &id).await["warm"], true);
     // SIGKILL: nothing of the controller's shutdown runs.
     first.child.start_kill().unwrap();
     first.child.wait().await.unwrap();
-    before.extend(sse.rest().await);
-    assert!(before.iter().all(|e| e.event != "end" && e.event != "error"));
+    // The client's connection breaks (no clean end to read); it resumes from what it read.
+    drop(sse);
+    let left = ours(&instance).await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    let (backend, container, digest) = journaled(&db, &id);
+    assert_eq!(backend, "docker");
+    assert_eq!(digest.map(|d| d.len()), Some(64));
+    let idle: Vec<String> = left
+        .iter()
+        .filter(|c| !container.starts_with(c.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(idle.len(), 1, "{left:?} vs {container}");
     let mut second = Binary::start(&db, &env).await;
     assert_eq!(second.addr, first.addr);
+    // The previous run's idle container goes; the adopted one stays until its job ends.
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while ours(&instance).await.contains(&idle[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "the old idle container was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let last = before.last().unwrap().id.unwrap();
     let res = send(
         second.addr,
@@ -1901,9 +1957,18 @@ async fn pull_mode_the_binary_killed_mid_stream_is_adopted_by_the_next_one_and_l
     whole.push_str(&texts(&rest));
     assert_eq!(whole, answer_text(len));
     assert_eq!(status(second.addr, &id).await["status"], "succeeded");
-    wait_gone(&instance).await;
-    let gone = cli(vec!["inspect".into(), container]).await;
-    assert!(!gone.status.success());
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while cli(vec!["inspect".into(), container.clone()])
+        .await
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the adopted container was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     second.sigterm_and_wait().await;
     assert_eq!(ours(&instance).await, Vec::<String>::new());
     let log = std::fs::read_to_string(db.with_extension("log")).unwrap();

@@ -595,7 +595,10 @@ impl DockerBackend {
     /// container is removed and the previous controller's token file deleted. A container
     /// that is gone or has exited is removed and the adoption refused (the execution ends
     /// `interrupted`).
-    pub(super) async fn adopt_pull(&self, record: InstanceRecord) -> Result<Instance, BackendError> {
+    pub(super) async fn adopt_pull(
+        &self,
+        record: InstanceRecord,
+    ) -> Result<Instance, BackendError> {
         let Some(pull) = &self.common.pull else {
             return Err(BackendError::Unavailable(
                 "the Docker backend adopts containers only in pull mode".into(),
