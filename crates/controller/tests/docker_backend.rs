@@ -1673,7 +1673,7 @@ async fn pull_mode_a_sigterm_restart_adopts_the_running_container_and_the_client
         assert_ne!(e.event, "error", "{e:?}");
         before.push(e);
     }
-    let (container, token_file) = running_container(&scope.id().to_owned()).await;
+    let (container, token_file) = running_container(scope.id()).await;
     let token_dir = a_backend.pull_dir().unwrap();
     assert!(token_file.starts_with(&token_dir), "{token_file:?}");
     let secret = std::fs::read_to_string(&token_file).unwrap();
@@ -1695,7 +1695,7 @@ async fn pull_mode_a_sigterm_restart_adopts_the_running_container_and_the_client
     );
     before.extend(after);
     // The container runs on, its token file with it; the store journals it, without a key.
-    let (c2, _) = running_container(&scope.id().to_owned()).await;
+    let (c2, _) = running_container(scope.id()).await;
     assert_eq!(c2, container);
     assert!(token_file.is_file(), "the token file went with A");
     let (backend, handle, digest) = journaled(&db, &id);
