@@ -1510,6 +1510,35 @@ mod tests {
     }
 
     #[test]
+    fn a_detached_controllers_directory_outlives_it_and_every_sweep() {
+        let parent = tempfile::tempdir().unwrap();
+        let auth_dir = Arc::new(PrivateDir::create_in(parent.path()).unwrap());
+        let auth = TokenAuthenticator::with_dir(Arc::clone(&auth_dir));
+        let id = InstanceId::random().unwrap();
+        let file = auth.issue_file(&id, Duration::from_secs(60)).unwrap();
+        // Detach: the token is no longer this controller's, but its file stays.
+        assert_eq!(auth.release(&id).as_deref(), Some(file.as_path()));
+        assert_eq!(auth.active(), 0);
+        assert!(file.is_file());
+        auth_dir.keep("inst").unwrap();
+        let path = auth_dir.path().to_path_buf();
+        drop(auth);
+        drop(auth_dir);
+        // Its lock is free now, as after the process ended; the next start does not sweep it.
+        assert!(path.join(PRIVATE_DIR_DETACHED).is_file());
+        let next = PrivateDir::create_in(parent.path()).unwrap();
+        assert!(
+            file.is_file(),
+            "a detached controller's token file was swept"
+        );
+        assert_eq!(
+            std::fs::read_to_string(path.join(PRIVATE_DIR_DETACHED)).unwrap(),
+            "inst"
+        );
+        next.close();
+    }
+
+    #[test]
     fn tokens_are_random_verified_expired_and_revoked() {
         let auth = TokenAuthenticator::new();
         let a = InstanceId::random().unwrap();

@@ -720,6 +720,58 @@ mod tests {
     }
 
     #[test]
+    fn inherited_token_files_go_with_their_container_and_the_last_takes_the_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("polydev-runtime-api-old");
+        std::fs::create_dir(&dir).unwrap();
+        let (a, b) = (dir.join("a.token"), dir.join("b.token"));
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "y").unwrap();
+        // Not marked detached: a live controller's files are left alone.
+        delete_inherited(&a);
+        assert!(a.is_file());
+        std::fs::write(dir.join(PRIVATE_DIR_DETACHED), "inst").unwrap();
+        delete_inherited(&a);
+        assert!(!a.exists() && b.is_file());
+        delete_inherited(&b);
+        assert!(!dir.exists(), "the emptied directory stayed");
+        // Twice, or for a file already gone: nothing happens.
+        delete_inherited(&b);
+    }
+
+    #[tokio::test]
+    async fn a_handed_job_is_journaled_once_with_a_digest_and_never_the_token() {
+        let config = DockerBackendConfig::new();
+        let pull =
+            Arc::new(DockerPull::new(&PullOptions::new("http://127.0.0.1:1"), &config).unwrap());
+        let mut link = pull.new_instance(None, Duration::from_secs(60)).unwrap();
+        let token = std::fs::read_to_string(&link.token_file).unwrap();
+        assert!(!link.is_handed());
+        pull.handed("ex_1", &link.id, "c0ffee");
+        assert!(link.is_handed());
+        let record = pull.take_record("ex_1").unwrap();
+        assert_eq!(pull.take_record("ex_1"), None);
+        assert_eq!(
+            (record.backend.as_str(), record.handle.as_str()),
+            ("docker", "c0ffee")
+        );
+        assert_eq!(record.instance_id, link.id.as_str());
+        let digest = record.credential_digest.clone().unwrap();
+        assert_eq!(digest.len(), 64);
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(!text.contains(token.rsplit_once('.').unwrap().1));
+        assert!(record.credential_expires_at_ms.unwrap() > unix_ms(SystemTime::now()));
+        // Detach: the file stays for the container; the instance is forgotten here.
+        let file = link.token_file.clone();
+        link.release();
+        assert!(file.is_file() && !link.is_handed());
+        assert!(pull.registry.is_empty());
+        drop(link);
+        assert!(file.is_file(), "a released link deleted the token file");
+        pull.close();
+    }
+
+    #[test]
     fn plain_http_off_loopback_is_refused() {
         let config = DockerBackendConfig::new();
         let e = DockerPull::new(&PullOptions::new("http://10.0.0.1:8080"), &config);

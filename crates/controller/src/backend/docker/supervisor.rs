@@ -329,12 +329,13 @@ impl Supervisor {
                     self.shutdown_seen = true;
                     if self.common.detaching.load(Ordering::SeqCst)
                         && self.stream_open
+                        && self.feed_open()
                         && out.is_some()
                         && self.term_sent.is_none()
                         && self.pull.as_ref().is_some_and(PullLink::is_handed)
                     {
-                        // Detach: the container keeps its job and reports to the next
-                        // controller, which adopts it. No signal, no removal, no `Exited`;
+                        // Detach: the container keeps its job (its report has not ended)
+                        // and reports to the next controller, which adopts it. No signal, no removal, no `Exited`;
                         // its token file stays (the runtime re-reads it).
                         tracing::info!(container = %self.guard.name(),
                             "docker backend: detaching from a running pull-mode container");
