@@ -1705,12 +1705,21 @@ async fn pull_mode_a_sigterm_restart_adopts_the_running_container_and_the_client
     );
     assert_eq!(digest.map(|d| d.len()), Some(64));
     assert_no_secret_in(dir.path(), &secret);
+    // A token file left there for a container that has gone since (as if it ended while no
+    // controller ran).
+    let orphan = token_dir.join("pi_0000000000000000.token");
+    std::fs::write(&orphan, "pi_0000000000000000.00").unwrap();
 
-    // B on the same address and database adopts it.
+    // B on the same address and database adopts it; its start-up deletes the orphan only.
     let listener = rebind(addr).await;
     let (b, mut b_server, b_backend, adopted) =
         adopting_stack(&scope, env, listener, &db, Duration::from_secs(60)).await;
     assert_eq!(adopted, 1);
+    until("orphan token file deleted", || !orphan.exists()).await;
+    assert!(
+        token_file.is_file(),
+        "the adopted container's token file went early"
+    );
     let last = before.last().unwrap().id.unwrap();
     let res = send(
         addr,

@@ -589,6 +589,33 @@ impl PrivateDir {
     }
 }
 
+/// The private directories under the system's temporary directory that a detached
+/// controller of `instance` left ([`PrivateDir::keep`]) and whose owner has ended (its lock is
+/// free): the next controller of that instance deletes what no adopted runtime needs.
+pub fn detached_dirs(instance: &str) -> Vec<PathBuf> {
+    detached_dirs_in(&std::env::temp_dir(), instance)
+}
+
+fn detached_dirs_in(parent: &Path, instance: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(PRIVATE_DIR_PREFIX))
+        })
+        .map(|e| e.path())
+        .filter(|path| {
+            std::fs::read_to_string(path.join(PRIVATE_DIR_DETACHED)).is_ok_and(|i| i == instance)
+                && std::fs::File::open(path.join(PRIVATE_DIR_LOCK))
+                    .is_ok_and(|lock| lock.try_lock().is_ok())
+        })
+        .collect()
+}
+
 /// Removes the private directories under `parent` that no live controller owns: the lock
 /// file is free (its owner died), or, for a directory without one, nothing changed in it for
 /// [`LEGACY_STALE_AFTER`]. Directories this user cannot open are left alone. Returns how many
@@ -1535,6 +1562,9 @@ mod tests {
             std::fs::read_to_string(path.join(PRIVATE_DIR_DETACHED)).unwrap(),
             "inst"
         );
+        // Found by the next controller of that instance only, once its owner is gone.
+        assert_eq!(detached_dirs_in(parent.path(), "inst"), vec![path.clone()]);
+        assert!(detached_dirs_in(parent.path(), "other").is_empty());
         next.close();
     }
 

@@ -642,6 +642,7 @@ async fn recover(common: &Common) -> Result<Recovery, DockerError> {
     ];
     let found = common.docker.list_containers(&filters).await?;
     let mut r = Recovery::default();
+    let mut kept_files = std::collections::HashSet::new();
     let adopting: BTreeSet<&str> = if common.pull.is_some() {
         common.config.adopting.iter().map(String::as_str).collect()
     } else {
@@ -654,6 +655,13 @@ async fn recover(common: &Common) -> Result<Recovery, DockerError> {
         // Journaled for adoption: `adopt` takes it (or removes it if it cannot).
         if adopting.contains(c.id.as_str()) {
             r.kept += 1;
+            kept_files.extend(
+                c.mounts
+                    .iter()
+                    .filter(|m| m.destination == TOKEN_MOUNT)
+                    .filter_map(|m| std::path::Path::new(&m.source).file_name())
+                    .map(std::ffi::OsStr::to_os_string),
+            );
             continue;
         }
         let running = matches!(
@@ -677,6 +685,16 @@ async fn recover(common: &Common) -> Result<Recovery, DockerError> {
             }
             Err(e) => tracing::error!(container = %c.id, error = %e,
                 "docker backend: cannot remove a leftover container"),
+        }
+    }
+    // Token files detached controllers left for containers that are gone by now.
+    if common.pull.is_some() {
+        let deleted = pull::prune_detached(&common.config.instance, &kept_files);
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                "docker backend: deleted token files left for containers that are gone"
+            );
         }
     }
     Ok(r)

@@ -297,6 +297,36 @@ impl DockerPull {
     }
 }
 
+/// Start-up: in the directories detached controllers of `instance` left, deletes every token
+/// file but those of the containers being adopted (`keep`: their file names, which are their
+/// instance ids), and each directory left without one. Returns how many files it deleted.
+pub(super) fn prune_detached(instance: &str, keep: &HashSet<std::ffi::OsString>) -> usize {
+    let mut deleted = 0;
+    for dir in crate::backend::pull::detached_dirs(instance) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut left = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_name().to_string_lossy().ends_with(".token") {
+                continue;
+            }
+            if keep.contains(&entry.file_name()) {
+                left += 1;
+            } else if std::fs::remove_file(&path).is_ok() {
+                deleted += 1;
+            }
+        }
+        if left == 0
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(error = %e, "docker backend: cannot remove a detached controller's token directory");
+        }
+    }
+    deleted
+}
+
 /// Deletes `file`, the token file a previous (detached) controller left for a container now
 /// gone, and then its directory once it holds no token file any more. Only files in a
 /// directory marked [`PRIVATE_DIR_DETACHED`] are touched: a live controller's are its own.
