@@ -19,7 +19,14 @@
 //!   prompt, no token, no stdin, the token file mounted read-only, the labels for finding the
 //!   container again), a container killed mid-job, an out-of-memory kill, a container that
 //!   cannot reach the controller, and nothing left after shutdown (containers, token
-//!   directory); the binary with `POLYDEV_DOCKER_MODE=pull` (the wiring, the default URL).
+//!   directory); the binary with `POLYDEV_DOCKER_MODE=pull` (the wiring, the default URL);
+//! - pull mode across a controller restart (DESIGN.md 5.2): SIGTERM detaches (the container
+//!   runs on, its token file stays, the store journals its id and token digest, no key or token
+//!   in the database) and the next controller adopts it, a client resuming with
+//!   `Last-Event-ID` gets every remaining event once and one `end`, then the container and its
+//!   token file are gone; the binary killed with SIGKILL mid-stream with a warm pool: the next
+//!   one removes the idle leftover, adopts the claimed container and loses nothing; an adopted
+//!   container that never reports again ends `interrupted` after the grace and is removed.
 //!
 //! After every test no container of its instance is left (`docker ps -a`). Needs a Docker
 //! Engine: without one these tests print `SKIPPED …`, and fail under `CI=true`
