@@ -121,6 +121,7 @@ async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
     let adopting = match (args.backend, args.runtime_api.runtime_mode) {
         (BackendKind::Nomad, _) => Some("nomad"),
         (BackendKind::Process, RuntimeMode::Pull) => Some("process"),
+        (BackendKind::Docker, _) if args.docker.docker_mode == DockerMode::Pull => Some("docker"),
         _ => None,
     };
     let (store, recovery) = Store::open_adopting(&args.db, adopting)
@@ -133,7 +134,14 @@ async fn serve_async(mut args: ServeArgs) -> Result<(), String> {
     }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let tls = args.runtime_api.tls().map_err(|e| e.to_string())?;
-    let backend = build_backend(&args, &store, addr).await?;
+    // Containers journaled for adoption: start-up recovery leaves them to `adopt`.
+    let adopting_handles: Vec<String> = recovery
+        .adoptable
+        .iter()
+        .filter(|a| a.instance.backend == "docker")
+        .map(|a| a.instance.handle.clone())
+        .collect();
+    let backend = build_backend(&args, &store, addr, adopting_handles).await?;
     tracing::info!(
         %addr,
         backend = backend.name(),
@@ -165,6 +173,7 @@ async fn build_backend(
     args: &ServeArgs,
     store: &Store,
     addr: std::net::SocketAddr,
+    adopting: Vec<String>,
 ) -> Result<Arc<dyn Backend>, String> {
     if args.runtime_api.runtime_mode == RuntimeMode::Pull && args.backend != BackendKind::Process {
         return Err(format!(
@@ -193,16 +202,18 @@ async fn build_backend(
                 DockerMode::Pull => Some(runtime_pull_options(args, addr)?),
                 DockerMode::Attach => None,
             };
-            let config = DockerBackendConfig::from_args(
+            let mut config = DockerBackendConfig::from_args(
                 &args.docker,
                 args.runtime_env.vars(),
                 args.pool_size,
                 pull,
             )
             .map_err(|e| e.to_string())?;
+            config.adopting = adopting;
             let backend = Arc::new(DockerBackend::new(config).map_err(|e| e.to_string())?);
             // Containers a previous run left: removed in the background (retried while the
-            // engine is unreachable); the executions they ran end failed/interrupted.
+            // engine is unreachable), but for those of executions being adopted (pull mode);
+            // the executions they ran end failed/interrupted.
             let (found, store) = (Arc::clone(&backend), store.clone());
             tokio::spawn(async move {
                 if let Some(r) = found.recovery().await {

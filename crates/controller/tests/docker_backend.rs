@@ -19,7 +19,14 @@
 //!   prompt, no token, no stdin, the token file mounted read-only, the labels for finding the
 //!   container again), a container killed mid-job, an out-of-memory kill, a container that
 //!   cannot reach the controller, and nothing left after shutdown (containers, token
-//!   directory); the binary with `POLYDEV_DOCKER_MODE=pull` (the wiring, the default URL).
+//!   directory); the binary with `POLYDEV_DOCKER_MODE=pull` (the wiring, the default URL);
+//! - pull mode across a controller restart (DESIGN.md 5.2): SIGTERM detaches (the container
+//!   runs on, its token file stays, the store journals its id and token digest, no key or token
+//!   in the database) and the next controller adopts it, a client resuming with
+//!   `Last-Event-ID` gets every remaining event once and one `end`, then the container and its
+//!   token file are gone; the binary killed with SIGKILL mid-stream with a warm pool: the next
+//!   one removes the idle leftover, adopts the claimed container and loses nothing; an adopted
+//!   container that never reports again ends `interrupted` after the grace and is removed.
 //!
 //! After every test no container of its instance is left (`docker ps -a`). Needs a Docker
 //! Engine: without one these tests print `SKIPPED …`, and fail under `CI=true`
@@ -1538,4 +1545,449 @@ async fn pull_mode_an_out_of_memory_kill_is_reported_from_the_engine() {
     assert_eq!(v["status"], "failed", "{v}");
     wait_gone(&s.instance).await;
     s.stop().await;
+}
+
+// === restarts in pull mode: adoption (DESIGN.md 5.2, issue 15) ===
+
+/// A controller over a pull-mode Docker backend on `listener` and `db`, adopting what the
+/// store left running for it (the containers journaled for adoption are kept by start-up
+/// recovery), with `grace` to wait for their runtimes.
+async fn adopting_stack(
+    scope: &polydev_test_support::docker::DockerScope,
+    env: Vec<(String, String)>,
+    listener: tokio::net::TcpListener,
+    db: &Path,
+    grace: Duration,
+) -> (Controller, support::Server, Arc<DockerBackend>, usize) {
+    if let Ok(filter) = std::env::var("POLYDEV_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = backend_config(scope, "host", env);
+    cfg.pull = Some(PullOptions::new(format!("http://{addr}")));
+    let (store, recovery) = Store::open_adopting(db, Some("docker")).unwrap();
+    cfg.adopting = recovery
+        .adoptable
+        .iter()
+        .map(|a| a.instance.handle.clone())
+        .collect();
+    let backend = Arc::new(DockerBackend::new(cfg).unwrap());
+    let config = ControllerConfig {
+        reattach_grace: grace,
+        ..controller_config()
+    };
+    let controller = Controller::new(config, backend.clone(), store);
+    let adopted = controller.adopt(recovery.adoptable);
+    let server = support::serve_bound(listener, None, controller.clone());
+    (controller, server, backend, adopted)
+}
+
+/// Binds `addr` again once the previous controller has let it go.
+async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind {addr} again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The journaled record of `id`: (backend, handle, credential digest).
+fn journaled(db: &Path, id: &str) -> (String, String, Option<String>) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let status: String = conn
+        .query_row("SELECT status FROM executions WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(status, "running");
+    conn.query_row(
+        "SELECT backend, handle, credential_digest FROM instance_records WHERE execution_id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .unwrap()
+}
+
+/// No file under `dir` (database, WAL, log) holds the key or `secret`.
+fn assert_no_secret_in(dir: &Path, secret: &str) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(CANARY), "{} holds the key", path.display());
+        assert!(
+            !secret.is_empty() && !text.contains(secret),
+            "{} holds the runtime token",
+            path.display()
+        );
+    }
+}
+
+/// The one container of `instance`, running, and the host path of its token file.
+async fn running_container(instance: &str) -> (String, std::path::PathBuf) {
+    let ids = ours(instance).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let v = inspect(&ids[0]).await;
+    assert_eq!(v["State"]["Running"], true, "{v}");
+    let mounts = v["Mounts"].as_array().unwrap();
+    let token = mounts
+        .iter()
+        .find(|m| m["Destination"] == TOKEN_MOUNT)
+        .unwrap_or_else(|| panic!("no token mount: {mounts:?}"));
+    (
+        v["Id"].as_str().unwrap().to_owned(),
+        std::path::PathBuf::from(token["Source"].as_str().unwrap()),
+    )
+}
+
+fn texts(events: &[support::Sse]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "text")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_a_sigterm_restart_adopts_the_running_container_and_the_client_resumes_exactly_once()
+ {
+    let Some(scope) = require(
+        "pull_mode_a_sigterm_restart_adopts_the_running_container_and_the_client_resumes_exactly_once",
+    ) else {
+        return;
+    };
+    let (emu, env) = host_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (a, mut a_server, a_backend, adopted) =
+        adopting_stack(&scope, env.clone(), listener, &db, Duration::from_secs(60)).await;
+    assert_eq!(adopted, 0);
+    let len = 200;
+    let (mut sse, id) = open_stream(addr, job(Provider::OpenAi, &format!("len{len}-rate20"))).await;
+    let mut before = Vec::new();
+    while before.len() < 4 {
+        let e = sse.next().await.unwrap();
+        assert_ne!(e.event, "error", "{e:?}");
+        before.push(e);
+    }
+    let (container, token_file) = running_container(scope.id()).await;
+    let token_dir = a_backend.pull_dir().unwrap();
+    assert!(token_file.starts_with(&token_dir), "{token_file:?}");
+    let secret = std::fs::read_to_string(&token_file).unwrap();
+    let secret = secret.trim().rsplit_once('.').unwrap().1.to_owned();
+
+    // SIGTERM on A: it detaches; the stream closes with no terminal event.
+    a_server.shutdown();
+    tokio::time::timeout(ENGINE_WAIT, &mut a_server.task)
+        .await
+        .expect("A stops in time")
+        .unwrap()
+        .unwrap();
+    drop(a);
+    drop(a_backend);
+    let after = sse.rest().await;
+    assert!(
+        after.iter().all(|e| e.event != "end" && e.event != "error"),
+        "{after:?}"
+    );
+    before.extend(after);
+    // The container runs on, its token file with it; the store journals it, without a key.
+    let (c2, _) = running_container(scope.id()).await;
+    assert_eq!(c2, container);
+    assert!(token_file.is_file(), "the token file went with A");
+    let (backend, handle, digest) = journaled(&db, &id);
+    assert_eq!(
+        (backend.as_str(), handle.as_str()),
+        ("docker", container.as_str())
+    );
+    assert_eq!(digest.map(|d| d.len()), Some(64));
+    assert_no_secret_in(dir.path(), &secret);
+    // A token file left there for a container that has gone since (as if it ended while no
+    // controller ran).
+    let orphan = token_dir.join("pi_0000000000000000.token");
+    std::fs::write(&orphan, "pi_0000000000000000.00").unwrap();
+
+    // B on the same address and database adopts it; its start-up deletes the orphan only.
+    let listener = rebind(addr).await;
+    let (b, mut b_server, b_backend, adopted) =
+        adopting_stack(&scope, env, listener, &db, Duration::from_secs(60)).await;
+    assert_eq!(adopted, 1);
+    until("orphan token file deleted", || !orphan.exists()).await;
+    assert!(
+        token_file.is_file(),
+        "the adopted container's token file went early"
+    );
+    let last = before.last().unwrap().id.unwrap();
+    let res = send(
+        addr,
+        Method::GET,
+        &format!("/v1/executions/{id}/events"),
+        &[SSE, ("last-event-id", &last.to_string())],
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let rest = tokio::time::timeout(ENGINE_WAIT, SseReader::new(res).rest())
+        .await
+        .expect("the resumed stream ends");
+    for (i, e) in rest.iter().enumerate() {
+        assert_eq!(e.id, Some(last + 1 + i as u64), "{rest:?}");
+    }
+    let terminal: Vec<_> = rest
+        .iter()
+        .filter(|e| e.event == "end" || e.event == "error")
+        .collect();
+    assert_eq!(terminal.len(), 1, "{rest:?}");
+    assert_eq!(rest.last().unwrap().event, "end", "{rest:?}");
+    // Every word once: what A delivered, then what B did.
+    let mut whole = texts(&before);
+    whole.push_str(&texts(&rest));
+    assert_eq!(whole, answer_text(len));
+    let v = status(addr, &id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    // The container is removed and its token file (and A's directory) deleted.
+    wait_gone(scope.id()).await;
+    until("token file deleted", || !token_file.exists()).await;
+    until("token directory removed", || !token_dir.exists()).await;
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    b.flush().await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let records: i64 = conn
+        .query_row("SELECT count(*) FROM instance_records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(records, 0);
+    drop(conn);
+    b_server.shutdown();
+    tokio::time::timeout(ENGINE_WAIT, &mut b_server.task)
+        .await
+        .expect("B stops in time")
+        .unwrap()
+        .unwrap();
+    assert!(b_backend.container_names().is_empty());
+    assert_eq!(ours(scope.id()).await, Vec::<String>::new());
+    assert_no_secret_in(dir.path(), &secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_an_adopted_container_that_never_reports_is_interrupted_and_removed() {
+    let Some(scope) =
+        require("pull_mode_an_adopted_container_that_never_reports_is_interrupted_and_removed")
+    else {
+        return;
+    };
+    let (emu, env) = host_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (a, mut a_server, a_backend, _) =
+        adopting_stack(&scope, env.clone(), listener, &db, Duration::from_secs(60)).await;
+    let (mut sse, id) = open_stream(addr, job(Provider::Anthropic, "len400-rate20")).await;
+    let mut last = 1;
+    loop {
+        let e = sse.next().await.expect("stream ended before any text");
+        assert_ne!(e.event, "error", "{e:?}");
+        last = e.id.unwrap_or(last);
+        if e.event == "text" {
+            break;
+        }
+    }
+    let (container, token_file) = running_container(scope.id()).await;
+    a_server.shutdown();
+    tokio::time::timeout(ENGINE_WAIT, &mut a_server.task)
+        .await
+        .expect("A stops in time")
+        .unwrap()
+        .unwrap();
+    drop(a);
+    drop(a_backend);
+    let seen = sse.rest().await;
+    assert!(seen.iter().all(|e| e.event != "end" && e.event != "error"));
+    let last = seen.last().and_then(|e| e.id).unwrap_or(last);
+    // B listens elsewhere: the container's runtime keeps trying A's address and never reports
+    // to B.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_addr = listener.local_addr().unwrap();
+    let (b, mut b_server, _b_backend, adopted) =
+        adopting_stack(&scope, env, listener, &db, Duration::from_secs(2)).await;
+    assert_eq!(adopted, 1);
+    let res = send(
+        b_addr,
+        Method::GET,
+        &format!("/v1/executions/{id}/events"),
+        &[SSE, ("last-event-id", &last.to_string())],
+        None,
+    )
+    .await;
+    let rest = tokio::time::timeout(ENGINE_WAIT, SseReader::new(res).rest())
+        .await
+        .expect("the stream ends after the grace");
+    assert_eq!(rest.first().and_then(|e| e.id), Some(last + 1), "{rest:?}");
+    let terminal: Vec<_> = rest
+        .iter()
+        .filter(|e| e.event == "end" || e.event == "error")
+        .collect();
+    assert_eq!(terminal.len(), 1, "{rest:?}");
+    assert_eq!(terminal[0].data["kind"], "interrupted", "{rest:?}");
+    let v = status(b_addr, &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    // The container is stopped and removed, its token file deleted.
+    wait_gone(scope.id()).await;
+    let gone = cli(vec!["inspect".into(), container]).await;
+    assert!(!gone.status.success());
+    until("token file deleted", || !token_file.exists()).await;
+    until("upstream closed", || emu.status().open_streams == 0).await;
+    drop(b);
+    b_server.shutdown();
+    tokio::time::timeout(ENGINE_WAIT, &mut b_server.task)
+        .await
+        .expect("B stops in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ours(scope.id()).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_the_binary_killed_mid_stream_is_adopted_by_the_next_one_and_loses_nothing() {
+    let Some(scope) = require(
+        "pull_mode_the_binary_killed_mid_stream_is_adopted_by_the_next_one_and_loses_nothing",
+    ) else {
+        return;
+    };
+    let (emu, _) = host_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let instance = scope.id().to_owned();
+    // A fixed port: the containers are told this address, and the next controller takes it.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env: Vec<(&str, String)> = vec![
+        ("POLYDEV_DOCKER_MODE", "pull".into()),
+        ("POLYDEV_DOCKER_NETWORK", "host".into()),
+        ("POLYDEV_DOCKER_INSTANCE", instance.clone()),
+        ("POLYDEV_LISTEN", format!("127.0.0.1:{port}")),
+        ("POLYDEV_REATTACH_GRACE", "60s".into()),
+        ("POLYDEV_POOL_SIZE", "1".into()),
+    ];
+    for p in Provider::ALL {
+        let (k, v) = base_url_env(p, &emu.base_url());
+        env.push((k, v));
+    }
+    let _sweep = Sweep(instance.clone());
+    let mut first = Binary::start(&db, &env).await;
+    let pool_idle = |addr: SocketAddr| async move {
+        let res = send(addr, Method::GET, "/v1/pool", &[], None).await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let pool: Value = serde_json::from_slice(&body).unwrap();
+        pool["idle"].as_u64().unwrap_or(0)
+    };
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while pool_idle(first.addr).await < 1 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The execution takes the warm container (labelled `warm`, no execution label: only
+    // the journaled container id tells it from an idle one).
+    let len = 200;
+    let (mut sse, id) = open_stream(
+        first.addr,
+        job(Provider::Google, &format!("len{len}-rate20")),
+    )
+    .await;
+    let mut before = Vec::new();
+    while before.len() < 4 {
+        let e = sse.next().await.unwrap();
+        assert_ne!(e.event, "error", "{e:?}");
+        before.push(e);
+    }
+    // ...and the pool refills: one container with the job, one idle.
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while pool_idle(first.addr).await < 1 {
+        assert!(Instant::now() < deadline, "the pool never refilled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(first.addr, &id).await["warm"], true);
+    // SIGKILL: nothing of the controller's shutdown runs.
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    // The client's connection breaks (no clean end to read); it resumes from what it read.
+    drop(sse);
+    let left = ours(&instance).await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    let (backend, container, digest) = journaled(&db, &id);
+    assert_eq!(backend, "docker");
+    assert_eq!(digest.map(|d| d.len()), Some(64));
+    let idle: Vec<String> = left
+        .iter()
+        .filter(|c| !container.starts_with(c.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(idle.len(), 1, "{left:?} vs {container}");
+    let mut second = Binary::start(&db, &env).await;
+    assert_eq!(second.addr, first.addr);
+    // The previous run's idle container goes; the adopted one stays until its job ends.
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while ours(&instance).await.contains(&idle[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "the old idle container was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = before.last().unwrap().id.unwrap();
+    let res = send(
+        second.addr,
+        Method::GET,
+        &format!("/v1/executions/{id}/events"),
+        &[SSE, ("last-event-id", &last.to_string())],
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let rest = tokio::time::timeout(ENGINE_WAIT, SseReader::new(res).rest())
+        .await
+        .expect("the resumed stream ends");
+    for (i, e) in rest.iter().enumerate() {
+        assert_eq!(e.id, Some(last + 1 + i as u64), "{rest:?}");
+    }
+    let terminal: Vec<_> = rest
+        .iter()
+        .filter(|e| e.event == "end" || e.event == "error")
+        .collect();
+    assert_eq!(terminal.len(), 1, "{rest:?}");
+    assert_eq!(rest.last().unwrap().event, "end", "{rest:?}");
+    let mut whole = texts(&before);
+    whole.push_str(&texts(&rest));
+    assert_eq!(whole, answer_text(len));
+    assert_eq!(status(second.addr, &id).await["status"], "succeeded");
+    let deadline = Instant::now() + ENGINE_WAIT;
+    while cli(vec!["inspect".into(), container.clone()])
+        .await
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the adopted container was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.sigterm_and_wait().await;
+    assert_eq!(ours(&instance).await, Vec::<String>::new());
+    let log = std::fs::read_to_string(db.with_extension("log")).unwrap();
+    assert!(!log.contains(CANARY), "the key is in the log");
+    assert!(log.contains("adopt"), "{log}");
 }

@@ -386,6 +386,13 @@ impl TokenAuthenticator {
         Ok(())
     }
 
+    /// Ends `id`'s token here but keeps its file and returns its path: a detaching controller
+    /// leaves the file for the runtime (and the next controller, which accepts the token
+    /// again from its journaled digest and deletes the file when the execution ends).
+    pub fn release(&self, id: &InstanceId) -> Option<PathBuf> {
+        self.lock().remove(id).and_then(|old| old.file)
+    }
+
     /// Ends `id`'s token now and deletes its file. Idempotent.
     pub fn revoke(&self, id: &InstanceId) {
         let old = self.lock().remove(id);
@@ -472,6 +479,10 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 const PRIVATE_DIR_PREFIX: &str = "polydev-runtime-api-";
 /// The file whose `flock` a live controller holds for as long as its directory exists.
 const PRIVATE_DIR_LOCK: &str = ".owner.lock";
+/// Present in a private directory a detaching controller left for its runtimes (their token
+/// files): holds the controller's instance name. Start-up sweeps leave such a directory alone;
+/// the next controller of that instance removes its files as their executions end.
+pub const PRIVATE_DIR_DETACHED: &str = ".detached";
 /// A leftover directory without a lock file (made before there was one) counts as stale when
 /// nothing in it changed for this long.
 const LEGACY_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -553,6 +564,20 @@ impl PrivateDir {
         Ok(path)
     }
 
+    /// Leaves the directory (and the token files in it) behind when this controller goes: it
+    /// is marked [`PRIVATE_DIR_DETACHED`] with `instance`, so that no start-up sweep removes
+    /// it, and it is no longer removed on drop.
+    pub fn keep(&self, instance: &str) -> Result<(), PullError> {
+        std::fs::write(self.path.join(PRIVATE_DIR_DETACHED), instance)
+            .map_err(|e| PullError::PrivateDir(e.kind()))?;
+        let dir = self.dir.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(dir) = dir {
+            // Not removed on drop any more.
+            let _ = dir.keep();
+        }
+        Ok(())
+    }
+
     /// Removes the directory and everything in it. Idempotent.
     pub fn close(&self) {
         let dir = self.dir.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -562,6 +587,33 @@ impl PrivateDir {
             tracing::warn!(error = %e, "cannot remove the runtime API's private directory");
         }
     }
+}
+
+/// The private directories under the system's temporary directory that a detached
+/// controller of `instance` left ([`PrivateDir::keep`]) and whose owner has ended (its lock is
+/// free): the next controller of that instance deletes what no adopted runtime needs.
+pub fn detached_dirs(instance: &str) -> Vec<PathBuf> {
+    detached_dirs_in(&std::env::temp_dir(), instance)
+}
+
+fn detached_dirs_in(parent: &Path, instance: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(PRIVATE_DIR_PREFIX))
+        })
+        .map(|e| e.path())
+        .filter(|path| {
+            std::fs::read_to_string(path.join(PRIVATE_DIR_DETACHED)).is_ok_and(|i| i == instance)
+                && std::fs::File::open(path.join(PRIVATE_DIR_LOCK))
+                    .is_ok_and(|lock| lock.try_lock().is_ok())
+        })
+        .collect()
 }
 
 /// Removes the private directories under `parent` that no live controller owns: the lock
@@ -582,6 +634,11 @@ fn sweep_stale(parent: &Path) -> usize {
             continue;
         }
         let path = entry.path();
+        if path.join(PRIVATE_DIR_DETACHED).exists() {
+            // Token files of runtimes that outlive their controller: the next controller of
+            // that instance removes them.
+            continue;
+        }
         let stale = match std::fs::File::open(path.join(PRIVATE_DIR_LOCK)) {
             // The lock is released when its owner's process ends, however it ended.
             Ok(lock) => lock.try_lock().is_ok(),
@@ -1477,6 +1534,38 @@ mod tests {
         live.close();
         next.close();
         assert!(!live.path().exists());
+    }
+
+    #[test]
+    fn a_detached_controllers_directory_outlives_it_and_every_sweep() {
+        let parent = tempfile::tempdir().unwrap();
+        let auth_dir = Arc::new(PrivateDir::create_in(parent.path()).unwrap());
+        let auth = TokenAuthenticator::with_dir(Arc::clone(&auth_dir));
+        let id = InstanceId::random().unwrap();
+        let file = auth.issue_file(&id, Duration::from_secs(60)).unwrap();
+        // Detach: the token is no longer this controller's, but its file stays.
+        assert_eq!(auth.release(&id).as_deref(), Some(file.as_path()));
+        assert_eq!(auth.active(), 0);
+        assert!(file.is_file());
+        auth_dir.keep("inst").unwrap();
+        let path = auth_dir.path().to_path_buf();
+        drop(auth);
+        drop(auth_dir);
+        // Its lock is free now, as after the process ended; the next start does not sweep it.
+        assert!(path.join(PRIVATE_DIR_DETACHED).is_file());
+        let next = PrivateDir::create_in(parent.path()).unwrap();
+        assert!(
+            file.is_file(),
+            "a detached controller's token file was swept"
+        );
+        assert_eq!(
+            std::fs::read_to_string(path.join(PRIVATE_DIR_DETACHED)).unwrap(),
+            "inst"
+        );
+        // Found by the next controller of that instance only, once its owner is gone.
+        assert_eq!(detached_dirs_in(parent.path(), "inst"), vec![path.clone()]);
+        assert!(detached_dirs_in(parent.path(), "other").is_empty());
+        next.close();
     }
 
     #[test]

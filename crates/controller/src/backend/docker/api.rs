@@ -81,11 +81,31 @@ pub struct ContainerState {
     pub error: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Inspect {
-    #[serde(default)]
-    state: ContainerState,
+/// One entry of a container's `Mounts` (inspect and list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct MountPoint {
+    pub source: String,
+    pub destination: String,
+}
+
+/// `Config` of `GET /containers/{id}/json`, the part the backend reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct InspectConfig {
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+/// `GET /containers/{id}/json`, the fields the backend reads (adoption: is it ours, is it
+/// running, where is its token file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Inspect {
+    pub id: String,
+    pub name: String,
+    pub state: ContainerState,
+    pub config: InspectConfig,
+    pub mounts: Vec<MountPoint>,
 }
 
 /// One entry of `GET /containers/json`.
@@ -97,6 +117,7 @@ pub struct ContainerSummary {
     pub labels: std::collections::HashMap<String, String>,
     /// `created`, `running`, `exited`, …
     pub state: String,
+    pub mounts: Vec<MountPoint>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,11 +287,14 @@ impl Docker {
 
     /// `GET /containers/{id}/json`, the `State` part.
     pub async fn inspect_state(&self, id: &str) -> Result<ContainerState, DockerError> {
+        Ok(self.inspect(id).await?.state)
+    }
+
+    /// `GET /containers/{id}/json`: state, labels and mounts.
+    pub async fn inspect(&self, id: &str) -> Result<Inspect, DockerError> {
         let path = format!("/containers/{}/json", encode(id));
-        let inspect: Inspect = self
-            .call_json("container inspect", Method::GET, path, None)
-            .await?;
-        Ok(inspect.state)
+        self.call_json("container inspect", Method::GET, path, None)
+            .await
     }
 
     /// `DELETE /containers/{id}?force=1&v=1`: kills (SIGKILL) and removes. A container that

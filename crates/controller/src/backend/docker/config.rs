@@ -90,6 +90,11 @@ pub struct DockerBackendConfig {
     /// containers are given, the CA they must trust for it, and the token lifetimes. `None`:
     /// attach mode.
     pub pull: Option<PullOptions>,
+    /// Pull mode: ids of the containers the store journaled for adoption after a controller
+    /// restart (the handles of its `docker` instance records). Start-up recovery leaves them
+    /// running for [`Backend::adopt`](crate::backend::Backend::adopt) and removes every other
+    /// container a previous run left.
+    pub adopting: Vec<String>,
 }
 
 impl DockerBackendConfig {
@@ -117,6 +122,7 @@ impl DockerBackendConfig {
             max_concurrent_starts: 4,
             start_backoff_max: Duration::from_secs(30),
             pull: None,
+            adopting: Vec::new(),
         }
     }
 

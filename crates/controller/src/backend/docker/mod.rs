@@ -32,9 +32,10 @@
 //!   `io.polydev.execution=<id>`. A container's removal is owned by a guard that, if its
 //!   normal path is skipped, removes it in the background; shutdown waits for every removal
 //!   and then sweeps anything still labelled with its session.
-//! - **After a crash**, a restarted controller (same instance name) finds its predecessor's
-//!   containers by label and removes them all ([`Recovery`]); executions they were running are
-//!   the ones the store already marked `failed`/`interrupted` when it opened, and
+//! - **After a restart**, the controller (same instance name) finds its predecessor's
+//!   containers by label and removes them ([`Recovery`]), but for those of executions it
+//!   adopts (pull mode, [`DockerBackendConfig::adopting`]); executions the others were running
+//!   are the ones the store already marked `failed`/`interrupted` when it opened, and
 //!   [`record_interrupted`] makes sure of it. Idle warm containers are not adopted: with
 //!   `StdinOnce`, the dead controller's attach connection closing has closed their stdin for
 //!   good (the runtime has exited or is exiting), and labels cannot say whether a warm
@@ -46,8 +47,13 @@
 //!   mode and Nomad, with the same shared registry and tokens (`backend/pull.rs`). Nothing of
 //!   an execution then rides on a connection to the engine, the precondition for adopting
 //!   containers after a controller restart; they are labelled for it (`io.polydev.mode`,
-//!   `io.polydev.instance`, and `io.polydev.execution` for cold ones). Adoption itself is not
-//!   done here yet: start-up still removes a previous run's containers.
+//!   `io.polydev.instance`, and `io.polydev.execution` for cold ones).
+//! - **Runtimes outlive the controller in pull mode** (DESIGN.md 5.2): each handed-out job is
+//!   journaled as an [`InstanceRecord`](super::InstanceRecord) (the container id, the token's
+//!   digest and expiry); SIGTERM detaches (idle warm containers are removed, those with a job
+//!   run on, their token files and the private directory stay), and the next controller leaves
+//!   them out of its start-up removal and adopts them (`pull.rs`): the token is accepted again,
+//!   the container attached again for its exit, and its end handled as any container's.
 //! - **An unreachable engine** is reported as [`BackendError::Unavailable`] naming the socket
 //!   and what to check; the controller then answers `503 unavailable` for a few seconds
 //!   instead of queueing work it cannot run.
@@ -112,6 +118,8 @@ pub struct Recovery {
     /// Executions whose cold container was still running (killed and removed): they end
     /// `failed`/`interrupted` (see [`record_interrupted`]).
     pub interrupted: Vec<String>,
+    /// Containers left for adoption (pull mode, [`DockerBackendConfig::adopting`]).
+    pub kept: usize,
 }
 
 /// Makes sure the store records every execution in `ids` (from [`Recovery::interrupted`]) as
@@ -185,6 +193,11 @@ pub(crate) struct Common {
     seq: AtomicU64,
     /// Pull mode (`POLYDEV_DOCKER_MODE=pull`): the registry, tokens and private directory.
     pull: Option<Arc<DockerPull>>,
+    /// Set by `detach` (pull mode) before the shutdown signal: supervisors of containers
+    /// running a fetched job let them run on, for the next controller to adopt.
+    detaching: AtomicBool,
+    /// Ids of the containers a detach left running: the shutdown sweep leaves them.
+    released: Mutex<BTreeSet<String>>,
 }
 
 impl DockerBackend {
@@ -242,6 +255,8 @@ impl DockerBackend {
             network_ready: tokio::sync::OnceCell::new(),
             seq: AtomicU64::new(0),
             pull,
+            detaching: AtomicBool::new(false),
+            released: Mutex::new(BTreeSet::new()),
         });
         let (recovery_tx, recovery) = watch::channel(None);
         runtime.spawn(startup(Arc::clone(&common), recovery_tx));
@@ -489,9 +504,10 @@ impl DockerBackend {
         // Anything of this session still there (a create whose answer was lost, a removal
         // that failed) goes now.
         let session = format!("{LABEL_SESSION}={}", self.common.session);
+        let released = self.common.released_ids();
         match self.common.docker.list_containers(&[session]).await {
             Ok(left) => {
-                for c in left {
+                for c in left.into_iter().filter(|c| !released.contains(&c.id)) {
                     tracing::warn!(container = %c.id, "docker backend: removing a straggler at shutdown");
                     if let Err(e) = self.common.docker.remove(&c.id).await {
                         tracing::error!(container = %c.id, error = %e,
@@ -504,7 +520,17 @@ impl DockerBackend {
             }
         }
         if let Some(pull) = &self.common.pull {
-            pull.close();
+            if self.common.detaching.load(Ordering::SeqCst) {
+                if !released.is_empty() {
+                    tracing::info!(
+                        containers = released.len(),
+                        "docker backend: detached; containers with a job left running for the next controller"
+                    );
+                }
+                pull.close_detached(released.len(), &self.common.config.instance);
+            } else {
+                pull.close();
+            }
         }
     }
 }
@@ -533,6 +559,30 @@ impl Backend for DockerBackend {
     fn runtime_api(&self) -> Option<super::pull::RuntimeApi> {
         self.common.pull.as_ref().map(|p| p.api())
     }
+
+    fn instance_record(&self, execution_id: &str) -> Option<super::InstanceRecord> {
+        self.common.pull.as_ref()?.take_record(execution_id)
+    }
+
+    fn adopt(
+        &self,
+        record: super::InstanceRecord,
+    ) -> BoxFuture<'_, Result<Instance, BackendError>> {
+        Box::pin(self.adopt_pull(record))
+    }
+
+    /// Pull mode only: its containers report over the runtime API and need no connection to
+    /// this controller; attach mode's job and output ride on the attach connection.
+    fn detaches(&self) -> bool {
+        self.common.pull.is_some()
+    }
+
+    fn detach(&self) -> BoxFuture<'_, ()> {
+        if self.common.pull.is_some() {
+            self.common.detaching.store(true, Ordering::SeqCst);
+        }
+        Box::pin(self.shutdown_inner())
+    }
 }
 
 /// Start-up housekeeping: remove a previous run's containers, retrying while the engine is
@@ -550,6 +600,12 @@ async fn startup(common: Arc<Common>, done: watch::Sender<Option<Recovery>>) {
                         warm = r.warm,
                         interrupted = ?r.interrupted,
                         "docker backend: removed containers left by a previous controller run"
+                    );
+                }
+                if r.kept > 0 {
+                    tracing::info!(
+                        kept = r.kept,
+                        "docker backend: left running the containers of executions being adopted"
                     );
                 }
                 done.send_replace(Some(r));
@@ -586,8 +642,26 @@ async fn recover(common: &Common) -> Result<Recovery, DockerError> {
     ];
     let found = common.docker.list_containers(&filters).await?;
     let mut r = Recovery::default();
+    let mut kept_files = std::collections::HashSet::new();
+    let adopting: BTreeSet<&str> = if common.pull.is_some() {
+        common.config.adopting.iter().map(String::as_str).collect()
+    } else {
+        BTreeSet::new()
+    };
     for c in found {
         if c.labels.get(LABEL_SESSION) == Some(&common.session) {
+            continue;
+        }
+        // Journaled for adoption: `adopt` takes it (or removes it if it cannot).
+        if adopting.contains(c.id.as_str()) {
+            r.kept += 1;
+            kept_files.extend(
+                c.mounts
+                    .iter()
+                    .filter(|m| m.destination == TOKEN_MOUNT)
+                    .filter_map(|m| std::path::Path::new(&m.source).file_name())
+                    .map(std::ffi::OsStr::to_os_string),
+            );
             continue;
         }
         let running = matches!(
@@ -602,9 +676,25 @@ async fn recover(common: &Common) -> Result<Recovery, DockerError> {
         // `DELETE ?force=1` kills (SIGKILL closes the runtime's upstream connection) and
         // removes in one call.
         match common.docker.remove(&c.id).await {
-            Ok(()) => r.removed += 1,
+            Ok(()) => {
+                r.removed += 1;
+                // Pull mode: the token file a detached controller left for it.
+                if let Some(m) = c.mounts.iter().find(|m| m.destination == TOKEN_MOUNT) {
+                    pull::delete_inherited(std::path::Path::new(&m.source));
+                }
+            }
             Err(e) => tracing::error!(container = %c.id, error = %e,
                 "docker backend: cannot remove a leftover container"),
+        }
+    }
+    // Token files detached controllers left for containers that are gone by now.
+    if common.pull.is_some() {
+        let deleted = pull::prune_detached(&common.config.instance, &kept_files);
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                "docker backend: deleted token files left for containers that are gone"
+            );
         }
     }
     Ok(r)
@@ -623,6 +713,13 @@ fn new_session_id() -> String {
 }
 
 impl Common {
+    fn released_ids(&self) -> BTreeSet<String> {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn next_name(&self, role: &Role<'_>) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let kind = match role {
@@ -883,6 +980,19 @@ impl ContainerGuard {
     }
 }
 
+impl ContainerGuard {
+    /// Detach: the container runs on for the next controller; this one forgets it (no
+    /// removal, not swept at shutdown).
+    fn release(&mut self) {
+        self.removed = true;
+        self.common
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.target().to_owned());
+    }
+}
+
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
         if self.removed {
@@ -915,6 +1025,8 @@ impl Drop for ContainerGuard {
 /// about a claim. Dropping it makes the supervisor remove the container.
 struct DockerIdle {
     name: String,
+    /// The container's id (its name if the engine's answer was lost).
+    container: String,
     stdin: Option<WriteHalf<AttachStream>>,
     instance: Option<InstanceId>,
     claim: oneshot::Sender<Claim>,
@@ -953,6 +1065,7 @@ async fn start_warm(common: Arc<Common>, notice: DeathNotice) -> Result<DockerId
         stdin,
     } = start_container(&common, &Role::Warm, link.as_ref()).await?;
     let name = guard.name().to_owned();
+    let container = guard.target().to_owned();
     let instance = link.as_ref().map(|l| l.id.clone());
     let (ready_tx, ready_rx) = oneshot::channel();
     let (claim, claim_rx) = oneshot::channel();
@@ -963,6 +1076,7 @@ async fn start_warm(common: Arc<Common>, notice: DeathNotice) -> Result<DockerId
     match ready_rx.await {
         Ok(Ok(())) => Ok(DockerIdle {
             name,
+            container,
             stdin,
             instance,
             claim,

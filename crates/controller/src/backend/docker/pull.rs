@@ -27,9 +27,10 @@
 //!   exit detail, the stream's end as the exit signal); closing that connection does nothing
 //!   to the container, unlike attach mode's `StdinOnce` stdin.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use polydev_protocol::{ApiKey, Job};
 use tokio::sync::{mpsc, oneshot};
@@ -42,10 +43,11 @@ use super::{DockerBackend, DockerIdle, DockerStarter, Started, start_container};
 use crate::backend::pool::Replenish;
 use crate::backend::process::PullOptions;
 use crate::backend::pull::{
-    DEFAULT_MAX_REPORT_BYTES, InstanceId, InstanceRegistry, PrivateDir, PullError, RegistryConfig,
-    RuntimeApi, TokenAuthenticator, check_runtime_url,
+    DEFAULT_MAX_REPORT_BYTES, InstanceId, InstanceRegistry, PRIVATE_DIR_DETACHED, PrivateDir,
+    PullError, RegistryConfig, RuntimeApi, TokenAuthenticator, check_runtime_url,
 };
-use crate::backend::{BackendError, CancelHandle, Instance, InstanceOutput};
+use crate::backend::{BackendError, CancelHandle, Instance, InstanceOutput, InstanceRecord};
+use crate::execution::unix_ms;
 
 /// Pull mode's shared state: the registry and tokens behind the runtime API, the private
 /// directory of the token files, and what every container's env gets.
@@ -64,6 +66,11 @@ pub(super) struct DockerPull {
     output_buffer: usize,
     /// The containers' numeric uid and gid, owners of their token files.
     owner: (u32, u32),
+    /// Handed-out jobs the controller has not journaled yet: execution id → record, taken by
+    /// [`DockerPull::take_record`]; dropped with its instance at the latest.
+    journal: Mutex<HashMap<String, InstanceRecord>>,
+    /// Instances running a job they fetched (or adopted): the ones a detach leaves running.
+    handed: Mutex<HashSet<InstanceId>>,
 }
 
 impl DockerPull {
@@ -112,6 +119,101 @@ impl DockerPull {
             ready_timeout: config.ready_timeout,
             output_buffer: config.output_buffer.max(1),
             owner,
+            journal: Mutex::new(HashMap::new()),
+            handed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn journal(&self) -> MutexGuard<'_, HashMap<String, InstanceRecord>> {
+        // Inserts and removals only: always consistent.
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handed_set(&self) -> MutexGuard<'_, HashSet<InstanceId>> {
+        // Inserts and removals only: always consistent.
+        self.handed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that instance `id` (container `container`) fetched the job of `execution_id`:
+    /// the record the controller journals, with the token's digest and expiry (never the
+    /// token).
+    pub(super) fn handed(&self, execution_id: &str, id: &InstanceId, container: &str) {
+        self.handed_set().insert(id.clone());
+        let (digest, left) = match self.tokens.digest(id) {
+            Some((d, left)) => (Some(d), Some(left)),
+            None => (None, None),
+        };
+        let record = InstanceRecord {
+            execution_id: execution_id.to_owned(),
+            instance_id: id.to_string(),
+            backend: "docker".into(),
+            handle: container.to_owned(),
+            credential_digest: digest,
+            credential_expires_at_ms: left.map(|l| {
+                unix_ms(SystemTime::now())
+                    .saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX))
+            }),
+        };
+        self.journal().insert(execution_id.to_owned(), record);
+    }
+
+    /// Whether `id` runs a fetched (or adopted) job.
+    pub(super) fn is_handed(&self, id: &InstanceId) -> bool {
+        self.handed_set().contains(id)
+    }
+
+    /// The record of the instance handed `execution_id`'s job, once.
+    pub(super) fn take_record(&self, execution_id: &str) -> Option<InstanceRecord> {
+        self.journal().remove(execution_id)
+    }
+
+    fn forget_instance(&self, id: &InstanceId) {
+        self.handed_set().remove(id);
+        self.journal().retain(|_, r| r.instance_id != id.as_str());
+    }
+
+    /// Takes back instance `id` after a controller restart (see `DockerBackend::adopt`): its
+    /// token is accepted again from the journaled digest until `expires_at_ms` (or a job's
+    /// lifetime), and its resent report goes to the returned link's feed. `token_file`: the
+    /// previous controller's file, which the link deletes when the instance is gone.
+    pub(super) fn adopt_instance(
+        self: &Arc<Self>,
+        id: InstanceId,
+        execution_id: &str,
+        digest: Option<&str>,
+        expires_at_ms: Option<u64>,
+        token_file: Option<PathBuf>,
+    ) -> Result<PullLink, BackendError> {
+        let launch = |e: PullError| BackendError::Launch(e.to_string());
+        if let Some(digest) = digest {
+            let now = unix_ms(SystemTime::now());
+            let left = expires_at_ms.map_or(self.job_ttl, |t| {
+                Duration::from_millis(t.saturating_sub(now))
+            });
+            self.tokens.restore(&id, digest, left).map_err(launch)?;
+        }
+        let (feed_tx, feed) = mpsc::channel(self.output_buffer);
+        if let Err(e) = self
+            .registry
+            .register_adopted(id.clone(), feed_tx, execution_id)
+        {
+            self.tokens.revoke(&id);
+            return Err(match e {
+                PullError::Closed => BackendError::ShuttingDown,
+                other => launch(other),
+            });
+        }
+        self.handed_set().insert(id.clone());
+        Ok(PullLink {
+            id,
+            mode: Arc::clone(self),
+            token_file: PathBuf::new(),
+            inherited: token_file,
+            feed,
+            feed_open: true,
+            polled: None,
+            fetched: None,
+            revoked: false,
         })
     }
 
@@ -162,6 +264,7 @@ impl DockerPull {
             id: id.clone(),
             mode: Arc::clone(self),
             token_file: PathBuf::new(),
+            inherited: None,
             feed,
             feed_open: true,
             polled: Some(registration.polled),
@@ -179,6 +282,73 @@ impl DockerPull {
     pub(super) fn close(&self) {
         self.registry.close();
         self.dir.close();
+    }
+
+    /// After a detach that left `kept` containers running: the private directory (their token
+    /// files) stays for them and the next controller; without any, it goes as at shutdown.
+    pub(super) fn close_detached(&self, kept: usize, instance: &str) {
+        self.registry.close();
+        if kept == 0 {
+            self.dir.close();
+        } else if let Err(e) = self.dir.keep(instance) {
+            tracing::error!(error = %e,
+                "docker backend: cannot keep the token directory for the detached containers");
+        }
+    }
+}
+
+/// Start-up: in the directories detached controllers of `instance` left, deletes every token
+/// file but those of the containers being adopted (`keep`: their file names, which are their
+/// instance ids), and each directory left without one. Returns how many files it deleted.
+pub(super) fn prune_detached(instance: &str, keep: &HashSet<std::ffi::OsString>) -> usize {
+    let mut deleted = 0;
+    for dir in crate::backend::pull::detached_dirs(instance) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut left = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_name().to_string_lossy().ends_with(".token") {
+                continue;
+            }
+            if keep.contains(&entry.file_name()) {
+                left += 1;
+            } else if std::fs::remove_file(&path).is_ok() {
+                deleted += 1;
+            }
+        }
+        if left == 0
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(error = %e, "docker backend: cannot remove a detached controller's token directory");
+        }
+    }
+    deleted
+}
+
+/// Deletes `file`, the token file a previous (detached) controller left for a container now
+/// gone, and then its directory once it holds no token file any more. Only files in a
+/// directory marked [`PRIVATE_DIR_DETACHED`] are touched: a live controller's are its own.
+pub(super) fn delete_inherited(file: &Path) {
+    let Some(dir) = file.parent() else {
+        return;
+    };
+    if !dir.join(PRIVATE_DIR_DETACHED).is_file() {
+        return;
+    }
+    if let Err(e) = std::fs::remove_file(file)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, "docker backend: cannot delete an adopted container's token file");
+    }
+    let tokens_left = std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".token"))
+    });
+    if !tokens_left && let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(error = %e, "docker backend: cannot remove a detached controller's token directory");
     }
 }
 
@@ -234,6 +404,9 @@ pub(super) struct PullLink {
     pub(super) id: InstanceId,
     mode: Arc<DockerPull>,
     pub(super) token_file: PathBuf,
+    /// Adopted: the token file the previous controller wrote (and left for the container),
+    /// deleted when the instance is gone.
+    inherited: Option<PathBuf>,
     feed: mpsc::Receiver<InstanceOutput>,
     /// Some sender may still exist (the slot's, or a report's).
     pub(super) feed_open: bool,
@@ -250,7 +423,26 @@ impl PullLink {
         if !std::mem::replace(&mut self.revoked, true) {
             self.mode.tokens.revoke(&self.id);
             self.mode.registry.remove(&self.id);
+            self.mode.forget_instance(&self.id);
+            if let Some(file) = self.inherited.take() {
+                delete_inherited(&file);
+            }
         }
+    }
+
+    /// Detach: this controller lets go of the instance but its token file stays, for the
+    /// runtime (which re-reads it) and the next controller.
+    pub(super) fn release(&mut self) {
+        if !std::mem::replace(&mut self.revoked, true) {
+            let _ = self.mode.tokens.release(&self.id);
+            self.mode.registry.remove(&self.id);
+            self.mode.forget_instance(&self.id);
+        }
+    }
+
+    /// Whether the instance runs a fetched (or adopted) job.
+    pub(super) fn is_handed(&self) -> bool {
+        self.mode.is_handed(&self.id)
     }
 
     pub(super) async fn recv(&mut self) -> Option<InstanceOutput> {
@@ -318,7 +510,10 @@ impl DockerBackend {
         replenish: &mut Replenish<'_, DockerStarter>,
     ) -> Option<Instance> {
         let DockerIdle {
-            claim, instance, ..
+            claim,
+            instance,
+            container,
+            ..
         } = idle;
         let id = instance?;
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
@@ -347,16 +542,23 @@ impl DockerBackend {
             claim_latency,
         };
         // An idle container is polling, so this is a wake-up and a response write away.
-        match tokio::time::timeout(pull.ready_timeout, fetched).await {
-            Ok(Ok(())) => Some(instance),
-            Ok(Err(_)) => None,
+        let handed = match tokio::time::timeout(pull.ready_timeout, fetched).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
             Err(_) if pull.registry.unassign(&id) => {
                 tracing::warn!(instance = %id,
                     "docker backend: a claimed pull-mode container did not fetch its job; retiring it");
-                None
+                false
             }
-            Err(_) => Some(instance),
+            Err(_) => true,
+        };
+        if !handed {
+            return None;
         }
+        if let Some(exec) = &job.execution_id {
+            pull.handed(exec, &id, &container);
+        }
+        Some(instance)
     }
 
     async fn launch_cold_pull(
@@ -376,6 +578,7 @@ impl DockerBackend {
         // On an error the link is dropped: token, file and slot go with it.
         let Started { guard, reader, .. } =
             start_container(&self.common, &role, Some(&link)).await?;
+        let container = guard.target().to_owned();
         let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
         let (cancel, cancel_rx) = CancelHandle::new();
         let mut supervisor = Supervisor::new(Arc::clone(&self.common), guard, reader);
@@ -400,11 +603,110 @@ impl DockerBackend {
         }
         // Fetched; or ended before fetching, and then its output ends with its `Exited`, which
         // says how (code, OOM, stderr tail).
+        if let Some(exec) = &execution_id {
+            pull.handed(exec, &id, &container);
+        }
         Ok(Instance {
             output,
             cancel,
             warm: false,
             claim_latency: started.elapsed(),
+        })
+    }
+}
+
+impl DockerBackend {
+    /// `adopt` (pull mode): takes back, after a controller restart, the container `record`
+    /// names (its id). It must be this instance's pull-mode container for that runtime
+    /// instance, and running. Its token is accepted again (digest and expiry from the record),
+    /// the registry waits for its resent report, and it is attached again (stdout and stderr
+    /// only: the stream's end is its exit) under an ordinary supervisor: cancel is SIGTERM then
+    /// SIGKILL, and at the end `wait` and `inspect` give the exit code and `OOMKilled`, the
+    /// container is removed and the previous controller's token file deleted. A container
+    /// that is gone or has exited is removed and the adoption refused (the execution ends
+    /// `interrupted`).
+    pub(super) async fn adopt_pull(
+        &self,
+        record: InstanceRecord,
+    ) -> Result<Instance, BackendError> {
+        let Some(pull) = &self.common.pull else {
+            return Err(BackendError::Unavailable(
+                "the Docker backend adopts containers only in pull mode".into(),
+            ));
+        };
+        if self.pool.is_closed() {
+            return Err(BackendError::ShuttingDown);
+        }
+        let container = record.handle.as_str();
+        if container.is_empty()
+            || container.len() > 128
+            || !container.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(BackendError::Launch("unreadable container handle".into()));
+        }
+        let id = InstanceId::new(record.instance_id.clone())
+            .map_err(|e| BackendError::Launch(e.to_string()))?;
+        let info = match self.common.docker.inspect(container).await {
+            Ok(info) => info,
+            Err(e) if e.is_not_found() => {
+                return Err(BackendError::Launch("the runtime container is gone".into()));
+            }
+            Err(e) => return Err(super::unavailable(e)),
+        };
+        let labels = &info.config.labels;
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        if label(super::LABEL_CONTROLLER) != Some(self.common.config.instance.as_str())
+            || label(super::LABEL_MODE) != Some("pull")
+            || label(super::LABEL_INSTANCE) != Some(id.as_str())
+        {
+            // Not ours to take or remove.
+            return Err(BackendError::Launch(
+                "the container is not this controller's runtime for that execution".into(),
+            ));
+        }
+        let token_file = info
+            .mounts
+            .iter()
+            .find(|m| m.destination == super::TOKEN_MOUNT)
+            .map(|m| PathBuf::from(&m.source));
+        let name = info.name.trim_start_matches('/').to_owned();
+        // From here on the guard removes the container, and the link deletes its token file,
+        // if the adoption fails.
+        let mut guard = super::ContainerGuard::enter(&self.common, name)?;
+        guard.id = Some(info.id.clone());
+        let link = pull.adopt_instance(
+            id,
+            &record.execution_id,
+            record.credential_digest.as_deref(),
+            record.credential_expires_at_ms,
+            token_file,
+        )?;
+        if !info.state.running {
+            return Err(BackendError::Launch(format!(
+                "the runtime container has exited ({})",
+                info.state.status
+            )));
+        }
+        // Attached for stdout and stderr only: its end is the container's exit.
+        let stream = self
+            .common
+            .docker
+            .attach(guard.target(), false)
+            .await
+            .map_err(super::unavailable)?;
+        let (read, _write) = tokio::io::split(stream);
+        let keep = self.common.config.max_stderr_bytes + super::REDACTION_SLACK;
+        let reader = super::AttachReader::new(read, self.common.config.max_line_bytes, keep);
+        let (out_tx, output) = mpsc::channel(self.common.config.output_buffer.max(1));
+        let (cancel, cancel_rx) = CancelHandle::new();
+        let mut supervisor = Supervisor::new(Arc::clone(&self.common), guard, reader);
+        supervisor.pull = Some(link);
+        tokio::spawn(supervisor.run(Some(out_tx), Some(cancel_rx)));
+        Ok(Instance {
+            output,
+            cancel,
+            warm: false,
+            claim_latency: Duration::ZERO,
         })
     }
 }
@@ -445,6 +747,58 @@ mod tests {
         assert!(pull.registry.is_empty());
         pull.close();
         assert!(!pull.dir_path().exists());
+    }
+
+    #[test]
+    fn inherited_token_files_go_with_their_container_and_the_last_takes_the_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("polydev-runtime-api-old");
+        std::fs::create_dir(&dir).unwrap();
+        let (a, b) = (dir.join("a.token"), dir.join("b.token"));
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "y").unwrap();
+        // Not marked detached: a live controller's files are left alone.
+        delete_inherited(&a);
+        assert!(a.is_file());
+        std::fs::write(dir.join(PRIVATE_DIR_DETACHED), "inst").unwrap();
+        delete_inherited(&a);
+        assert!(!a.exists() && b.is_file());
+        delete_inherited(&b);
+        assert!(!dir.exists(), "the emptied directory stayed");
+        // Twice, or for a file already gone: nothing happens.
+        delete_inherited(&b);
+    }
+
+    #[tokio::test]
+    async fn a_handed_job_is_journaled_once_with_a_digest_and_never_the_token() {
+        let config = DockerBackendConfig::new();
+        let pull =
+            Arc::new(DockerPull::new(&PullOptions::new("http://127.0.0.1:1"), &config).unwrap());
+        let mut link = pull.new_instance(None, Duration::from_secs(60)).unwrap();
+        let token = std::fs::read_to_string(&link.token_file).unwrap();
+        assert!(!link.is_handed());
+        pull.handed("ex_1", &link.id, "c0ffee");
+        assert!(link.is_handed());
+        let record = pull.take_record("ex_1").unwrap();
+        assert_eq!(pull.take_record("ex_1"), None);
+        assert_eq!(
+            (record.backend.as_str(), record.handle.as_str()),
+            ("docker", "c0ffee")
+        );
+        assert_eq!(record.instance_id, link.id.as_str());
+        let digest = record.credential_digest.clone().unwrap();
+        assert_eq!(digest.len(), 64);
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(!text.contains(token.rsplit_once('.').unwrap().1));
+        assert!(record.credential_expires_at_ms.unwrap() > unix_ms(SystemTime::now()));
+        // Detach: the file stays for the container; the instance is forgotten here.
+        let file = link.token_file.clone();
+        link.release();
+        assert!(file.is_file() && !link.is_handed());
+        assert!(pull.registry.is_empty());
+        drop(link);
+        assert!(file.is_file(), "a released link deleted the token file");
+        pull.close();
     }
 
     #[test]

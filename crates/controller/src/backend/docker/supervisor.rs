@@ -327,6 +327,24 @@ impl Supervisor {
                 }
                 _ = shutdown_signalled(&mut self.shutdown), if !self.shutdown_seen => {
                     self.shutdown_seen = true;
+                    if self.common.detaching.load(Ordering::SeqCst)
+                        && self.stream_open
+                        && self.feed_open()
+                        && out.is_some()
+                        && self.term_sent.is_none()
+                        && self.pull.as_ref().is_some_and(PullLink::is_handed)
+                    {
+                        // Detach: the container keeps its job (its report has not ended)
+                        // and reports to the next controller, which adopts it. No signal, no removal, no `Exited`;
+                        // its token file stays (the runtime re-reads it).
+                        tracing::info!(container = %self.guard.name(),
+                            "docker backend: detaching from a running pull-mode container");
+                        if let Some(pull) = &mut self.pull {
+                            pull.release();
+                        }
+                        self.guard.release();
+                        return;
+                    }
                     self.terminate("shutdown");
                 }
                 _ = sleep_opt(kill_at), if self.killed_at.is_none() => {
