@@ -469,7 +469,10 @@ async fn listing_jobs_by_prefix_finds_a_parents_dispatched_children() {
     assert!(!all.iter().any(|(id, _)| *id == ns_child), "{all:?}");
     assert_eq!(all.len(), 5, "{all:?}");
     // The other namespace sees only its own.
-    let theirs = in_ns.list_jobs(&prefix, &QueryOptions::default()).await.unwrap();
+    let theirs = in_ns
+        .list_jobs(&prefix, &QueryOptions::default())
+        .await
+        .unwrap();
     let theirs: Vec<&str> = theirs.value.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(theirs, [ns_child.as_str()]);
 
