@@ -235,10 +235,22 @@ impl Controller {
     /// each is live again, status `running`, its log rebuilt from what its runtime resends,
     /// and ends `interrupted` if the runtime does not come back within
     /// [`ControllerConfig::reattach_grace`]. Returns how many were adopted.
+    ///
+    /// Before any adoption starts, the backend is told which instances are taken back
+    /// ([`crate::backend::Backend::sweep_leftovers`]) and removes the others a previous run
+    /// left (an execution whose provider is unreadable is not taken back).
     pub fn adopt(&self, found: Vec<crate::store::Adoptable>) -> usize {
         let sh = &self.shared;
+        let (found, refused): (Vec<_>, Vec<_>) = found.into_iter().partition(|a| {
+            a.record
+                .provider
+                .parse::<polydev_protocol::Provider>()
+                .is_ok()
+        });
+        let adopting: Vec<_> = found.iter().map(|a| a.instance.clone()).collect();
+        sh.backend.sweep_leftovers(&adopting);
         let mut adopted = 0;
-        for a in found {
+        for a in refused.into_iter().chain(found) {
             let Ok(provider) = a.record.provider.parse::<polydev_protocol::Provider>() else {
                 tracing::warn!(execution_id = %a.record.id, "cannot adopt: unknown provider");
                 let mut r = a.record;

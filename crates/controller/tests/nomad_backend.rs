@@ -677,3 +677,235 @@ async fn a_restarted_controller_adopts_the_running_child() {
     let left: Vec<_> = fake.jobs().into_iter().filter(|j| j.dispatched).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Issue 15: a controller killed outright (SIGKILL: no detach; here its tokio runtime is
+/// dropped, so none of its tasks runs another step) leaves its warm pool's idle children
+/// dispatched and running, with nobody to give them a job. The next controller on the same
+/// database adopts the running execution and stops and purges every other child the killed
+/// one left, never the adopted one nor its own pool's; the client resuming with
+/// `Last-Event-ID` gets the rest of the answer once, and nothing is left after its shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_sweeps_the_children_a_killed_one_left() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
+    let bin = polydev_test_support::workspace_bin("polydev-runtime");
+    assert!(bin.is_file(), "run `cargo build -p polydev-runtime` first");
+    let emu = emulator().await;
+    let fake = Arc::new(FakeNomad::start(FakeConfig::new(bin)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sweep.db");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = |pool: usize| {
+        let job = RuntimeJobConfig::new(format!("http://127.0.0.1:{}", addr.port()));
+        let mut cfg = NomadBackendConfig::new(fake.client_config(), job);
+        cfg.runtime_env = runtime_env(&emu.base_url());
+        cfg.start_timeout = Duration::from_secs(20);
+        cfg.pool_size = pool;
+        cfg
+    };
+    let controller_cfg = ControllerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        reattach_grace: Duration::from_secs(10),
+        ..config()
+    };
+    let start = |listener: std::net::TcpListener, pool: usize, db: std::path::PathBuf| {
+        let (cfg, controller_cfg) = (cfg(pool), controller_cfg.clone());
+        async move {
+            let backend = Arc::new(NomadBackend::start(cfg).await.unwrap());
+            let (store, recovery) = Store::open_adopting(&db, Some("nomad")).unwrap();
+            let controller = Controller::new(
+                controller_cfg,
+                Arc::clone(&backend) as Arc<dyn Backend>,
+                store,
+            );
+            let adopted = controller.adopt(recovery.adoptable);
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let server = serve_bound(listener, None, controller.clone());
+            (backend, controller, server, adopted)
+        }
+    };
+    let pool_ready = |backend: Arc<NomadBackend>, n: usize| async move {
+        for _ in 0..1200 {
+            if backend.pool_status().idle >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the pool did not fill: {:?}", backend.pool_status());
+    };
+
+    // The first controller runs on a runtime of its own, to be killed.
+    let killed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (a_backend, a, a_server, adopted) =
+        killed.spawn(start(listener, 2, db.clone())).await.unwrap();
+    assert_eq!(adopted, 0);
+    killed
+        .spawn(pool_ready(Arc::clone(&a_backend), 2))
+        .await
+        .unwrap();
+    let res = send(
+        addr,
+        Method::POST,
+        "/v1/executions",
+        &[SSE],
+        Some(job(Provider::OpenAi, "len300-rate30")),
+    )
+    .await;
+    let mut sse = SseReader::new(res);
+    let first = sse.next().await.unwrap();
+    let id = first.data["execution_id"].as_str().unwrap().to_owned();
+    let last_id = loop {
+        let e = sse.next().await.unwrap();
+        if e.event == "text" {
+            break e.id.unwrap();
+        }
+    };
+    // The pool refilled: two idle children and the one running the execution.
+    killed
+        .spawn(pool_ready(Arc::clone(&a_backend), 2))
+        .await
+        .unwrap();
+    let left_by_a = a_backend.live_children();
+    assert_eq!(left_by_a.len(), 3, "{left_by_a:?}");
+    // What the killed controller had written when it died: its database once the handed-out
+    // job is journaled (dropping its runtime runs drop guards a SIGKILL never would, and they
+    // write to the database).
+    let at_kill = dir.path().join("at-kill.db");
+    let mut journaled = false;
+    for _ in 0..600 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM instance_records", [], |r| r.get(0))
+            .unwrap();
+        if n == 1 {
+            conn.execute("VACUUM INTO ?1", [at_kill.to_str().unwrap()])
+                .unwrap();
+            journaled = true;
+            break;
+        }
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(journaled, "the handed-out job was never journaled");
+    killed.shutdown_background();
+    drop((a_backend, a, a_server));
+    // The stream breaks off (no `end`): the client resumes after the last event it read.
+    drop(sse);
+    // Nothing stopped them.
+    let jobs = fake.jobs();
+    for c in &left_by_a {
+        assert!(
+            jobs.iter().any(|j| &j.id == c && !j.stop),
+            "{c} was stopped: {jobs:?}"
+        );
+    }
+
+    let listener = loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (b_backend, b, mut b_server, adopted) = start(listener, 1, at_kill.clone()).await;
+    assert_eq!(adopted, 1);
+    // The journaled handle is `<dispatched job>/<allocation>`.
+    let handle: String = rusqlite::Connection::open(&at_kill)
+        .unwrap()
+        .query_row("SELECT handle FROM instance_records", [], |r| r.get(0))
+        .unwrap();
+    let adopted_child = handle.rsplit_once('/').unwrap().0.to_owned();
+    assert!(left_by_a.contains(&adopted_child), "{handle} {left_by_a:?}");
+    let stale: Vec<&String> = left_by_a.iter().filter(|c| **c != adopted_child).collect();
+    // The idle leftovers are stopped and purged: no job, no live allocation.
+    let gone = |fake: &FakeNomad| {
+        let jobs = fake.jobs();
+        let allocs = fake.allocations();
+        stale.iter().all(|c| {
+            !jobs.iter().any(|j| &j.id == *c)
+                && !allocs
+                    .iter()
+                    .any(|a| &a.job_id == *c && !a.status().is_terminal())
+        })
+    };
+    let mut swept = false;
+    for _ in 0..1200 {
+        if gone(&fake) {
+            swept = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(swept, "leftovers not swept: {stale:?} {:?}", fake.jobs());
+
+    let res = send(
+        addr,
+        Method::GET,
+        &format!("/v1/executions/{id}/events"),
+        &[SSE, ("last-event-id", &last_id.to_string())],
+        None,
+    )
+    .await;
+    let rest = tokio::time::timeout(Duration::from_secs(60), SseReader::new(res).rest())
+        .await
+        .expect("the resumed stream hung");
+    let terminal: Vec<&Sse> = rest
+        .iter()
+        .filter(|e| e.event == "end" || e.event == "error")
+        .collect();
+    assert_eq!(terminal.len(), 1, "{rest:?}");
+    assert_eq!(
+        terminal[0].event, "end",
+        "the runtime did not resume: {rest:?}"
+    );
+    for (i, e) in rest.iter().enumerate() {
+        assert_eq!(e.id, Some(last_id + 1 + i as u64), "{rest:?}");
+    }
+    let status = match b.lookup(&id).await.unwrap() {
+        polydev_controller::controller::Lookup::Live(e) => e.status().as_str().to_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status, "succeeded");
+    // The new controller's own pool was never touched.
+    pool_ready(Arc::clone(&b_backend), 1).await;
+    let jobs = fake.jobs();
+    // (The adopted child may still be being purged now that its execution ended.)
+    let own: Vec<String> = b_backend
+        .live_children()
+        .into_iter()
+        .filter(|c| *c != adopted_child)
+        .collect();
+    assert!(!own.is_empty());
+    for c in own {
+        assert!(!left_by_a.contains(&c), "{c}");
+        assert!(jobs.iter().any(|j| j.id == c && !j.stop), "{c}: {jobs:?}");
+    }
+
+    b_server.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), &mut b_server.task)
+        .await
+        .expect("shutdown hung")
+        .unwrap()
+        .unwrap();
+    drop(b);
+    for _ in 0..3000 {
+        if b_backend.live_children().is_empty()
+            && fake.running_processes() == 0
+            && !fake.jobs().iter().any(|j| j.dispatched)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(b_backend.live_children().is_empty());
+    assert_eq!(fake.running_processes(), 0);
+    let left: Vec<_> = fake.jobs().into_iter().filter(|j| j.dispatched).collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -27,7 +27,7 @@ use crate::error::{NomadError, error_message};
 use crate::transport::{StreamingResponse, Transport};
 use crate::types::{
     Allocation, DispatchBody, DispatchResponse, Evaluation, EventFrame, JobDeregisterResponse,
-    JobInfo, JobRegisterResponse, Jwks,
+    JobInfo, JobListStub, JobRegisterResponse, Jwks,
 };
 
 /// Characters escaped in one path segment: everything but RFC 3986 unreserved characters, so a
@@ -257,7 +257,17 @@ impl NomadClient {
         path: String,
         q: &QueryOptions,
     ) -> Result<QueryResponse<T>, NomadError> {
-        let mut query = Vec::new();
+        self.query_with(op, path, Vec::new(), q).await
+    }
+
+    /// [`Self::query`] with extra query parameters.
+    async fn query_with<T: DeserializeOwned>(
+        &self,
+        op: &str,
+        path: String,
+        mut query: Vec<(&'static str, String)>,
+        q: &QueryOptions,
+    ) -> Result<QueryResponse<T>, NomadError> {
         let mut timeout = self.cfg.request_timeout;
         if let Some(index) = q.index {
             query.push(("index", index.to_string()));
@@ -393,6 +403,23 @@ impl NomadClient {
             Some(Bytes::from(body)),
             // Safe to repeat only because of the token.
             true,
+        )
+        .await
+    }
+
+    /// `GET /v1/jobs?prefix=…`: stubs of the jobs of the client's namespace whose ID starts
+    /// with `prefix` (all of them in one answer: no `per_page`). Dispatched children of
+    /// `parent` are listed with `prefix = "<parent>/dispatch-"` and carry `ParentID = parent`.
+    pub async fn list_jobs(
+        &self,
+        prefix: &str,
+        q: &QueryOptions,
+    ) -> Result<QueryResponse<Vec<JobListStub>>, NomadError> {
+        self.query_with(
+            "list jobs",
+            "/v1/jobs".into(),
+            vec![("prefix", prefix.to_owned())],
+            q,
         )
         .await
     }

@@ -96,6 +96,28 @@ pub struct JobInfo {
     pub job_modify_index: u64,
 }
 
+/// One entry of `GET /v1/jobs` (Nomad's `JobListStub`, nomad/structs/structs.go): the fields
+/// the backend reads to find the dispatched children a previous controller left.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobListStub {
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The parameterized (or periodic) job a child was created from; empty otherwise.
+    #[serde(rename = "ParentID")]
+    pub parent_id: String,
+    pub name: String,
+    pub namespace: String,
+    #[serde(rename = "Type")]
+    pub job_type: String,
+    /// `pending`, `running` or `dead`.
+    pub status: String,
+    pub stop: bool,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub job_modify_index: u64,
+}
+
 /// One task event (`TaskStates[task].Events[]`); Nomad keeps the latest 10.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]

@@ -406,6 +406,88 @@ async fn stop_with_purge_of_a_running_job_leaves_nothing() {
     assert_eq!(fake.running_processes(), 0);
 }
 
+/// `GET /v1/jobs?prefix=`: the stubs of the namespace's jobs whose ID has the prefix, in ID
+/// order, with `ParentID`; a stopped child is still listed (`Stop`), a purged one is not; another
+/// namespace's jobs are not seen.
+#[tokio::test]
+async fn listing_jobs_by_prefix_finds_a_parents_dispatched_children() {
+    let fake = fake().await;
+    let c = client(&fake);
+    c.register_job(&test_job(JOB)).await.unwrap();
+    // Shares the prefix `testjob` but not `testjob/dispatch-`.
+    c.register_job(&test_job("testjob-other")).await.unwrap();
+    let mut children = Vec::new();
+    for token in ["a", "b"] {
+        let d = c
+            .dispatch_job(JOB, &dispatch_req(token, "exit 0"))
+            .await
+            .unwrap();
+        children.push(d.dispatched_job_id);
+    }
+    let other = c
+        .dispatch_job("testjob-other", &dispatch_req("c", "exit 0"))
+        .await
+        .unwrap();
+    let mut ns_cfg = fake.client_config();
+    ns_cfg.namespace = Some("polydev".into());
+    let in_ns = NomadClient::new(ns_cfg).unwrap();
+    let mut job = test_job(JOB);
+    job["Job"]["Namespace"] = "polydev".into();
+    in_ns.register_job(&job).await.unwrap();
+    let ns_child = in_ns
+        .dispatch_job(JOB, &dispatch_req("d", "exit 0"))
+        .await
+        .unwrap()
+        .dispatched_job_id;
+
+    let prefix = format!("{JOB}/dispatch-");
+    let listed = c
+        .list_jobs(&prefix, &QueryOptions::default())
+        .await
+        .unwrap();
+    assert!(listed.index > 0);
+    let ids: Vec<&str> = listed.value.iter().map(|j| j.id.as_str()).collect();
+    let mut want: Vec<&str> = children.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    for j in &listed.value {
+        assert_eq!(j.parent_id, JOB);
+        assert_eq!(j.namespace, "default");
+        assert_eq!(j.job_type, "batch");
+        assert!(!j.stop);
+        assert!(j.create_index > 0 && j.modify_index >= j.create_index);
+    }
+    // No prefix: every job of the namespace, parents (no ParentID) included.
+    let all = c.list_jobs("", &QueryOptions::default()).await.unwrap();
+    let all: Vec<(&str, &str)> = all
+        .value
+        .iter()
+        .map(|j| (j.id.as_str(), j.parent_id.as_str()))
+        .collect();
+    assert!(all.contains(&(JOB, "")), "{all:?}");
+    assert!(all.contains(&(other.dispatched_job_id.as_str(), "testjob-other")));
+    assert!(!all.iter().any(|(id, _)| *id == ns_child), "{all:?}");
+    assert_eq!(all.len(), 5, "{all:?}");
+    // The other namespace sees only its own.
+    let theirs = in_ns
+        .list_jobs(&prefix, &QueryOptions::default())
+        .await
+        .unwrap();
+    let theirs: Vec<&str> = theirs.value.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(theirs, [ns_child.as_str()]);
+
+    c.stop_job(&children[0], false).await.unwrap();
+    c.stop_job(&children[1], true).await.unwrap();
+    let after = c
+        .list_jobs(&prefix, &QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(after.value.len(), 1, "{:?}", after.value);
+    assert_eq!(after.value[0].id, children[0]);
+    assert!(after.value[0].stop);
+    assert!(after.index > listed.index);
+}
+
 #[tokio::test]
 async fn acl_token_is_required_and_never_needed_for_jwks() {
     let mut cfg: FakeConfig = common::sh_config();
@@ -419,6 +501,11 @@ async fn acl_token_is_required_and_never_needed_for_jwks() {
         .unwrap_err();
     assert!(err.is_permission_denied(), "{err}");
     assert!(!err.is_transient());
+    let err = anonymous
+        .list_jobs("", &QueryOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_permission_denied(), "{err}");
     assert!(!anonymous.jwks().await.unwrap().keys.is_empty());
 
     let wrong = NomadClient::new(NomadConfig::new(fake.address()).with_token("nope")).unwrap();

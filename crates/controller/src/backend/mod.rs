@@ -188,6 +188,15 @@ pub trait Backend: Send + Sync + 'static {
         )))))
     }
 
+    /// Called once at start-up by [`crate::Controller::adopt`], before any adoption begins,
+    /// with the record of every instance the controller is taking back: a backend whose
+    /// runtimes outlive the controller removes, in the background, what a previous run left
+    /// that nobody takes back (a killed controller's idle pool instances). Instances named in
+    /// `adopting` are never touched. The default does nothing.
+    fn sweep_leftovers(&self, adopting: &[InstanceRecord]) {
+        let _ = adopting;
+    }
+
     /// Whether SIGTERM detaches from running instances (they keep running and are adopted by
     /// the next controller) rather than cancelling them. `false` (the default) for backends
     /// whose runtimes die with the controller.

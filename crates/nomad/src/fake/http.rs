@@ -166,6 +166,7 @@ async fn route(
     if path == "/v1/jobs" {
         return match method {
             Method::PUT | Method::POST => register(shared, body, None, query_namespace.as_deref()),
+            Method::GET => list_jobs(shared, &q, &namespace).await,
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method"),
         };
     }
@@ -324,6 +325,59 @@ async fn blocking(
             return json(&found.value, found.index.max(1));
         }
     }
+}
+
+/// `GET /v1/jobs[?prefix=…&namespace=…&meta=true]`: the stubs (`JobListStub`) of the jobs of
+/// `namespace` (`*`: every namespace) whose ID starts with `prefix`, ordered by namespace and
+/// ID as Nomad's state store iterates them, blocking on the jobs table
+/// (command/agent/job_endpoint.go `jobListRequest`, nomad/job_endpoint.go `List`). No
+/// pagination: without `per_page` Nomad answers with every match.
+async fn list_jobs(shared: &Arc<Shared>, q: &[(String, String)], namespace: &str) -> Response {
+    let prefix = param(q, "prefix").unwrap_or_default();
+    let with_meta = match go_bool(param(q, "meta")) {
+        Ok(b) => b,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let ns = namespace.to_owned();
+    blocking(shared, q, move |st| {
+        let stubs: Vec<serde_json::Value> = st
+            .jobs
+            .iter()
+            .filter(|((n, id), _)| (ns == "*" || *n == ns) && id.starts_with(&prefix))
+            .map(|(_, rec)| job_stub(&rec.job, with_meta))
+            .collect();
+        Ok(Found::at(serde_json::Value::Array(stubs), st.jobs_index))
+    })
+    .await
+}
+
+/// A stored job's `JobListStub` (nomad/structs/structs.go `Job.Stub`).
+fn job_stub(job: &serde_json::Value, with_meta: bool) -> serde_json::Value {
+    let field = |k: &str| job.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let present = |k: &str| job.get(k).is_some_and(|v| !v.is_null());
+    let mut stub = serde_json::json!({
+        "ID": field("ID"),
+        "ParentID": field("ParentID"),
+        "Name": field("Name"),
+        "Namespace": field("Namespace"),
+        "Datacenters": field("Datacenters"),
+        "NodePool": field("NodePool"),
+        "Type": field("Type"),
+        "Priority": field("Priority"),
+        "Periodic": present("Periodic"),
+        "ParameterizedJob": present("ParameterizedJob"),
+        "Stop": field("Stop"),
+        "Status": field("Status"),
+        "StatusDescription": field("StatusDescription"),
+        "CreateIndex": field("CreateIndex"),
+        "ModifyIndex": field("ModifyIndex"),
+        "JobModifyIndex": field("JobModifyIndex"),
+        "SubmitTime": field("SubmitTime"),
+    });
+    if with_meta && present("Meta") {
+        stub["Meta"] = field("Meta");
+    }
+    stub
 }
 
 /// `PUT /v1/jobs` (or `/v1/job/:id`): canonicalize, admit (Nomad's validation, 500 with its

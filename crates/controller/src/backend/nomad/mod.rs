@@ -37,6 +37,16 @@
 //!   ones are stopped as usual), and the next controller adopts them: the allocation → instance
 //!   ledger is rebuilt from the record, the registry waits for the resent report, and a
 //!   supervisor follows the allocation exactly as for a cold launch.
+//! - **What a killed controller left is swept** (issue 15). SIGKILL skips the detach, so the
+//!   killed controller's idle pool instances (and any child whose purge failed) keep running
+//!   with nobody to give them a job. [`NomadBackend::start`] lists the parent's dispatched
+//!   children (`GET /v1/jobs?prefix=<parent>/dispatch-`, those with `ParentID = <parent>`)
+//!   right after registering, before this controller dispatches anything, so every child
+//!   listed is a previous run's. Once the controller knows what it adopts
+//!   ([`Backend::sweep_leftovers`], called before any adoption starts), every listed child not
+//!   named by an adopted record's handle is stopped and purged in the background, with bounded
+//!   retries. A child being adopted is never in that set, whatever the adoption's progress;
+//!   no job outside the parent's children is ever touched.
 
 mod auth;
 
@@ -68,6 +78,12 @@ use super::{
     Backend, BackendError, CancelHandle, ExitInfo, Instance, InstanceOutput, InstanceRecord,
     PoolStatus,
 };
+
+/// Stop-and-purge rounds of the start-up sweep of a previous run's children (each call is
+/// already retried by the client); then what is left is logged and left alone.
+const SWEEP_ROUNDS: u32 = 5;
+/// Pause after the first failed sweep round, doubled after each (at most 30 s).
+const SWEEP_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Environment names that must never be set through [`NomadBackendConfig::runtime_env`]: the
 /// job spec is stored in Raft and readable by anyone with `read-job`.
@@ -177,6 +193,9 @@ struct Inner {
     detaching: AtomicBool,
     /// Handed-out jobs not journaled yet: execution id → record (taken once).
     journal: std::sync::Mutex<std::collections::HashMap<String, InstanceRecord>>,
+    /// Dispatched children that existed when this backend started (a previous run's), until
+    /// [`Backend::sweep_leftovers`] takes them; `None` once taken or if they could not be listed.
+    leftovers: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 impl Inner {
@@ -224,8 +243,9 @@ impl std::fmt::Debug for NomadBackend {
 }
 
 impl NomadBackend {
-    /// Validates the settings, builds the client, registers the job with Nomad and starts
-    /// filling the pool. Fails, before any execution can be admitted, when Nomad refuses the
+    /// Validates the settings, builds the client, registers the job with Nomad, lists the
+    /// dispatched children a previous run left (swept by [`Backend::sweep_leftovers`]) and
+    /// starts filling the pool. Fails, before any execution can be admitted, when Nomad refuses the
     /// job (its validation error, not retried) or cannot be reached (after the client's
     /// bounded retries): one error saying which. Must be called inside a tokio runtime.
     pub async fn start(cfg: NomadBackendConfig) -> Result<NomadBackend, BackendError> {
@@ -266,9 +286,13 @@ impl NomadBackend {
             closing: CancellationToken::new(),
             detaching: AtomicBool::new(false),
             journal: std::sync::Mutex::new(std::collections::HashMap::new()),
+            leftovers: std::sync::Mutex::new(None),
             cfg,
         });
         inner.register().await?;
+        // Before the pool dispatches anything: every child listed now is a previous run's.
+        let found = inner.list_children().await;
+        *inner.leftovers.lock().unwrap_or_else(|e| e.into_inner()) = found;
         let pool = WarmPool::new(
             Starter(Arc::clone(&inner)),
             PoolConfig {
@@ -557,6 +581,69 @@ impl Inner {
         tracing::debug!(instance = %id, child = %resp.dispatched_job_id, "nomad backend: dispatched");
         let eval = (!resp.eval_id.is_empty()).then_some(resp.eval_id);
         Ok((resp.dispatched_job_id, eval))
+    }
+
+    /// The parent's dispatched children Nomad knows now (`None`, logged, if they cannot be
+    /// listed: then nothing is swept). Only jobs whose `ParentID` is the parent and whose ID
+    /// has its dispatch prefix: no other job is ever a candidate.
+    async fn list_children(&self) -> Option<Vec<String>> {
+        let prefix = format!("{}/dispatch-", self.parent);
+        match self
+            .client
+            .list_jobs(&prefix, &QueryOptions::default())
+            .await
+        {
+            Ok(r) => Some(
+                r.value
+                    .into_iter()
+                    .filter(|j| j.parent_id == self.parent && j.id.starts_with(&prefix))
+                    .map(|j| j.id)
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    job = %self.parent,
+                    error = %e,
+                    "nomad backend: cannot list the runtime job's dispatched children; those a \
+                     killed controller left will not be stopped (the token needs list-jobs)"
+                );
+                None
+            }
+        }
+    }
+
+    /// Stops and purges `stale` children a previous run left, in rounds with a growing pause
+    /// (bounded: [`SWEEP_ROUNDS`]); at shutdown, one more round and no pause.
+    async fn sweep(self: Arc<Self>, mut stale: Vec<String>) {
+        let total = stale.len();
+        let mut pause = SWEEP_BACKOFF;
+        for round in 1..=SWEEP_ROUNDS {
+            let mut left = Vec::new();
+            for child in stale {
+                if !self.purge(&child).await {
+                    left.push(child);
+                }
+            }
+            stale = left;
+            if stale.is_empty() || round == SWEEP_ROUNDS || self.closing.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.closing.cancelled() => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
+        }
+        if stale.is_empty() {
+            tracing::info!(count = total, job = %self.parent, "nomad backend: stopped and purged the dispatched children a previous run left");
+        } else {
+            tracing::warn!(
+                count = total,
+                left = stale.len(),
+                children = ?stale,
+                "nomad backend: could not stop and purge every dispatched child a previous run left"
+            );
+        }
     }
 
     /// Stops and purges a child; failures are logged (the shutdown sweep retries).
@@ -1138,6 +1225,38 @@ impl Backend for NomadBackend {
 
     fn detaches(&self) -> bool {
         true
+    }
+
+    fn sweep_leftovers(&self, adopting: &[InstanceRecord]) {
+        let inner = &self.inner;
+        let Some(found) = inner
+            .leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        // The adopted children (their handle is `<child>/<allocation>`), and, in case an
+        // adoption already began, every child this backend follows.
+        let mut keep: std::collections::HashSet<String> = adopting
+            .iter()
+            .filter(|r| r.backend == self.name())
+            .filter_map(|r| r.handle.rsplit_once('/').map(|(c, _)| c.to_owned()))
+            .collect();
+        keep.extend(inner.ledger.children());
+        let stale: Vec<String> = found.into_iter().filter(|c| !keep.contains(c)).collect();
+        tracing::info!(
+            job = %inner.parent,
+            adopted = adopting.len(),
+            stale = stale.len(),
+            "nomad backend: dispatched children a previous run left"
+        );
+        if stale.is_empty() {
+            return;
+        }
+        let sweeper = Arc::clone(inner);
+        inner.tracker.spawn(sweeper.sweep(stale));
     }
 
     fn detach(&self) -> BoxFuture<'_, ()> {
