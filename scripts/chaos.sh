@@ -7,12 +7,12 @@
 # mode (skipped without a reachable engine or image, except under CI=true where that fails).
 #
 # Usage: scripts/chaos.sh [ci|soak] [polydev-chaos flags...]
-#   ci    (default) short streams, every scenario that passes on main today; about 2 minutes
+#   ci    (default) short streams, every scenario (controller restarts included); ~3 minutes
 #   soak  50 concurrent 20-second streams, 3 restarts per restart scenario; run by hand
 # Examples:
-#   scripts/chaos.sh                                   # CI selection (no controller restarts)
-#   scripts/chaos.sh ci --with-restarts                # plus controller-kill / controller-term
-#   scripts/chaos.sh soak --with-restarts --report docs/reliability.md
+#   scripts/chaos.sh                                   # CI selection (scripts/test.sh runs it)
+#   scripts/chaos.sh ci --no-restarts                  # without controller-kill / controller-term
+#   scripts/chaos.sh soak --report docs/reliability.md
 #   scripts/chaos.sh ci --scenario nomad/controller-kill
 #   scripts/chaos.sh ci --list
 # Env: CHAOS_RELEASE=1 builds and runs the release binaries; POLYDEV_DOCKER_BUILD=0 skips the

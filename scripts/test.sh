@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: every check CI runs, in order, failing on the first error.
-#   formatting, clippy (warnings are errors), the workspace's tests, every fuzz target for 30 s,
+#   formatting, clippy (warnings are errors), the workspace's tests, the chaos suite's short
+#   selection (controller restarts, runtime kills, upstream faults, slow readers), every fuzz
+#   target for 30 s,
 #   the SDK fidelity suite (official Python SDKs against the emulator), the front-door suite
 #   (the official openai/anthropic SDKs against the controller in front of the emulator), and
 #   the web console in headless Chromium (installed by scripts/setup-chromium.sh when missing).
@@ -26,6 +28,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+step "chaos suite, CI selection (scripts/chaos.sh; figures of the long run in docs/reliability.md)"
+POLYDEV_DOCKER_BUILD=0 scripts/chaos.sh ci
 
 step "fuzz targets, 30 s each (scripts/fuzz.sh)"
 scripts/fuzz.sh 30

@@ -28,14 +28,14 @@ use scenario::{Backend, Kind, Mode, Run, Suite};
 #[command(name = "polydev-chaos")]
 struct Args {
     /// Scenarios to run: full names (`process/runtime-kill`), a backend (`nomad`) or a
-    /// scenario name (`resume-storm`), comma-separated or repeated. Default: every scenario
-    /// that passes on today's main (no restarts), plus the restart ones with --with-restarts.
+    /// scenario name (`resume-storm`), comma-separated or repeated. Default: every scenario,
+    /// the controller-restart ones included.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
-    /// Also run the controller-restart scenarios (`controller-kill`, `controller-term`),
-    /// which need runtime reconnect and controller adoption (issue 15 items 1-3).
+    /// Leave out the controller-restart scenarios (`controller-kill`, `controller-term`)
+    /// unless named explicitly.
     #[arg(long)]
-    with_restarts: bool,
+    no_restarts: bool,
     /// `ci`: short streams (about 3 s), a few dozen at once. `soak`: 50 streams of 20 s and
     /// several restarts (run by hand).
     #[arg(long, value_enum, default_value_t = Mode::Ci)]
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     if args.list {
         for (backend, kind) in &all {
             let tag = if kind.is_restart() {
-                " (restart: needs --with-restarts or an explicit --scenario)"
+                " (restart: left out by --no-restarts unless named)"
             } else {
                 ""
             };
@@ -93,14 +93,14 @@ fn main() -> ExitCode {
         .filter(|(b, k)| {
             let full = format!("{}/{}", b.as_str(), k.as_str());
             if args.scenario.is_empty() {
-                args.with_restarts || !k.is_restart()
+                !args.no_restarts || !k.is_restart()
             } else {
                 let named = args
                     .scenario
                     .iter()
                     .any(|s| s == &full || s == b.as_str() || s == k.as_str());
                 let explicit = args.scenario.iter().any(|s| s == &full || s == k.as_str());
-                named && (args.with_restarts || !k.is_restart() || explicit)
+                named && (!args.no_restarts || !k.is_restart() || explicit)
             }
         })
         .collect();

@@ -909,16 +909,15 @@ pub fn report_markdown(suite: &Suite, runs: &[Run]) -> String {
     );
     md.push_str(
         "## Commands\n\n\
-         - `scripts/chaos.sh` (CI selection, about 2 minutes on 2 cores): every scenario that \
-         passes on main today, i.e. `baseline`, `runtime-kill`, `upstream-faults`, `slow-reader` \
-         and `resume-storm` on the `process` (pull mode), `nomad` (fake Nomad) and `docker` \
-         backends; 24 streams of 3 s each.\n\
-         - `scripts/chaos.sh ci --with-restarts`: also `controller-kill` (SIGKILL, restart on the \
-         same port and database) and `controller-term` (SIGTERM, a new controller once it has \
-         exited), which need runtime reconnect/resend and controller adoption (issue 15 items \
-         1-3).\n\
-         - `scripts/chaos.sh soak --with-restarts --report docs/reliability.md`: the done-when \
-         run, 50 concurrent 20-second streams, 3 restarts per restart scenario.\n\
+         - `scripts/chaos.sh` (CI selection, part of `scripts/test.sh`, about 3 minutes on 2 \
+         cores): every scenario, `baseline`, `runtime-kill`, `upstream-faults`, `slow-reader`, \
+         `resume-storm`, `controller-kill` (SIGKILL, restart on the same port and database) and \
+         `controller-term` (SIGTERM, a new controller once it has exited), on the `process` \
+         (pull mode), `nomad` (fake Nomad) and `docker` (pull mode) backends; 24 streams of 3 s \
+         each, one restart per restart scenario.\n\
+         - `scripts/chaos.sh soak --report docs/reliability.md`: the done-when run, 50 \
+         concurrent 20-second streams, 3 restarts per restart scenario. `--no-restarts` leaves \
+         the restart scenarios out.\n\
          - `--scenario NAME[,NAME]` picks scenarios (`process/runtime-kill`, a backend such as \
          `nomad`, or a scenario name such as `resume-storm`); `--list` lists them.\n\n\
          ## What each scenario breaks and expects\n\n\
