@@ -249,6 +249,10 @@ impl Controller {
         });
         let adopting: Vec<_> = found.iter().map(|a| a.instance.clone()).collect();
         sh.backend.sweep_leftovers(&adopting);
+        // Settled by each adoption driver once the backend's `adopt` has returned.
+        if let Some(api) = sh.backend.runtime_api() {
+            api.registry.begin_adoptions(found.len());
+        }
         let mut adopted = 0;
         for a in refused.into_iter().chain(found) {
             let Ok(provider) = a.record.provider.parse::<polydev_protocol::Provider>() else {

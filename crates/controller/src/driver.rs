@@ -165,7 +165,12 @@ pub(crate) async fn adopt(
     };
     let grace = shared.config.reattach_grace;
     let reattach_by = Instant::now() + grace;
-    let instance = match shared.backend.adopt(record).await {
+    let adopted = shared.backend.adopt(record).await;
+    // Its credential is restored (or will never be): unknown credentials are refused again.
+    if let Some(api) = shared.backend.runtime_api() {
+        api.registry.adoption_settled();
+    }
+    let instance = match adopted {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!(execution_id = %exec.id, error = %e, "cannot adopt the runtime");

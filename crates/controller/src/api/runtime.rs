@@ -144,6 +144,12 @@ async fn authenticate(api: &RuntimeApi, headers: &HeaderMap) -> Result<InstanceI
     let credential = bearer(headers).map_err(RuntimeError::Unauthorized)?;
     match api.auth.authenticate(credential).await {
         Ok(id) => Ok(id),
+        // A restarted controller may not have restored this credential yet: the runtime
+        // must try again rather than give up (InstanceRegistry::begin_adoptions).
+        Err(e) if e != AuthError::Missing && api.registry.adoptions_pending() => {
+            tracing::debug!(error = %e, "runtime API: credential unknown while adopting; retry");
+            Err(RuntimeError::Refused(ReportRefused::Unavailable))
+        }
         Err(e) => {
             tracing::debug!(error = %e, "runtime API: credential refused");
             Err(RuntimeError::Unauthorized(e))
@@ -530,6 +536,35 @@ mod tests {
         assert_eq!(texts, ["a", "b", "end"]);
         // Ended: the credential is spent.
         let (s, _) = call(&f.app, "GET", uri, Some(t), "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+
+    /// While a restarted controller is adopting, a credential it does not know yet is "try
+    /// again" (503), not "refused" (401, on which a runtime gives up for good); once the
+    /// adoptions settled it is refused again. A missing credential is always 401.
+    #[tokio::test]
+    async fn unknown_credentials_are_retried_while_adoptions_are_pending() {
+        let f = fixture();
+        f.registry.begin_adoptions(2);
+        let (s, body) = call(&f.app, "GET", "/runtime/v1/next", Some("pi_x.00"), "").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (s, _) = call(
+            &f.app,
+            "GET",
+            "/runtime/v1/executions/ex_1/events",
+            Some("pi_x.00"),
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", None, "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        f.registry.adoption_settled();
+        assert!(f.registry.adoptions_pending());
+        f.registry.adoption_settled();
+        f.registry.adoption_settled();
+        assert!(!f.registry.adoptions_pending());
+        let (s, _) = call(&f.app, "GET", "/runtime/v1/next", Some("pi_x.00"), "").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 

@@ -802,6 +802,9 @@ pub struct InstanceRegistry {
     /// The controller is detaching (DESIGN.md 5.2): reports are refused as unavailable (`503`,
     /// try again), never as gone, so runtimes wait for the next controller.
     detached: std::sync::atomic::AtomicBool,
+    /// Adoptions under way after a restart ([`InstanceRegistry::begin_adoptions`]): until
+    /// they settle, a credential this registry does not know yet may be one being restored.
+    adopting: std::sync::atomic::AtomicUsize,
     state: Mutex<RegState>,
 }
 
@@ -821,6 +824,7 @@ impl InstanceRegistry {
             config,
             reattach_grace_ms: std::sync::atomic::AtomicU64::new(grace),
             detached: std::sync::atomic::AtomicBool::new(false),
+            adopting: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(RegState::default()),
         }
     }
@@ -847,6 +851,31 @@ impl InstanceRegistry {
 
     pub fn is_detached(&self) -> bool {
         self.detached.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A restarted controller is about to adopt `n` instances. The runtime API serves before
+    /// each backend's `adopt` has restored its instance's credential, and a returning runtime
+    /// refused then (`401`) would give up for good; while adoptions are pending an unknown
+    /// credential is answered "unavailable, try again" (`503`) instead. Each adoption calls
+    /// [`InstanceRegistry::adoption_settled`] once, whatever its outcome.
+    pub fn begin_adoptions(&self, n: usize) {
+        self.adopting
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// One adoption announced by [`InstanceRegistry::begin_adoptions`] is done (taken back,
+    /// or refused).
+    pub fn adoption_settled(&self) {
+        let _ = self.adopting.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+    }
+
+    /// Whether adoptions are still restoring credentials.
+    pub fn adoptions_pending(&self) -> bool {
+        self.adopting.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     /// Sets [`InstanceRegistry::reattach_grace`] (`POLYDEV_REATTACH_GRACE`).

@@ -694,6 +694,21 @@ impl DockerBackend {
             .attach(guard.target(), false)
             .await
             .map_err(super::unavailable)?;
+        // An attach to a container that exited after the inspect above waits for its next
+        // start, which never comes: look again now that the attach would see the exit.
+        match self.common.docker.inspect(container).await {
+            Ok(now) if now.state.running => {}
+            Ok(now) => {
+                return Err(BackendError::Launch(format!(
+                    "the runtime container has exited ({})",
+                    now.state.status
+                )));
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(BackendError::Launch("the runtime container is gone".into()));
+            }
+            Err(e) => return Err(super::unavailable(e)),
+        }
         let (read, _write) = tokio::io::split(stream);
         let keep = self.common.config.max_stderr_bytes + super::REDACTION_SLACK;
         let reader = super::AttachReader::new(read, self.common.config.max_line_bytes, keep);
