@@ -773,13 +773,18 @@ async fn docker(env: Env, pull: bool, pool_size: usize) -> Option<Built> {
         ..DockerBackendConfig::new()
     };
     let backend = Arc::new(DockerBackend::new(cfg).unwrap());
-    let probe = Arc::new(DockerProbe { scope });
+    let probe = Arc::new(DockerProbe {
+        scope,
+        pull_dir: backend.pull_dir(),
+    });
     Some(Built { backend, probe })
 }
 
 /// Sees the backend's containers through the engine (`docker inspect`, `docker ps -a`).
 struct DockerProbe {
     scope: polydev_test_support::docker::DockerScope,
+    /// Pull mode's private directory of token files (left on disk by a detach).
+    pull_dir: Option<PathBuf>,
 }
 
 impl DockerProbe {
@@ -817,6 +822,17 @@ impl Probe for DockerProbe {
             .into_iter()
             .map(|id| format!("container {id} still listed by docker ps -a"))
             .collect()
+    }
+
+    /// A detaching controller leaves its containers with a job running, and their token files
+    /// for the next controller; remove both as that controller would once they ended.
+    fn stop_detached(&self) {
+        for id in self.ours() {
+            let _ = polydev_test_support::docker::docker(["rm", "-f", &id]);
+        }
+        if let Some(dir) = &self.pull_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
