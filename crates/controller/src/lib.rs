@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod policy;
 pub mod scheduler;
 pub mod store;
+mod sys;
 pub mod testing;
 pub mod tls;
 

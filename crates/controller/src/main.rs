@@ -63,7 +63,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_async(args)) {
+    // Served from a worker thread, not from this one: the accept loop then runs on the worker
+    // whose I/O driver saw the connection, with no hand-off to this thread per connection.
+    let served = runtime
+        .block_on(runtime.spawn(serve_async(args)))
+        .unwrap_or_else(|e| Err(format!("the server task failed: {e}")));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             tracing::error!("{msg}");

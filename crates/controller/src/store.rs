@@ -35,6 +35,9 @@ use tokio::sync::oneshot;
 use crate::backend::InstanceRecord;
 use crate::execution::unix_ms;
 
+/// The store thread's nice value (see `Store::open`): below the workers, which run at 0.
+const STORE_THREAD_NICE: i32 = 10;
+
 /// Why the store could not be opened or read. Messages name no file path (they may reach an
 /// operator's log, never a client).
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +240,11 @@ impl Store {
         thread::Builder::new()
             .name("polydev-store".into())
             .spawn(move || {
+                // Bookkeeping: on a small machine, waking this thread for a write must not
+                // preempt the worker that is handing the execution's job to its runtime.
+                if let Err(e) = crate::sys::lower_thread_priority(STORE_THREAD_NICE) {
+                    tracing::debug!(error = %e, "store: cannot lower the thread's priority");
+                }
                 run(conn, rx);
                 // The lock is released only once the connection is closed.
                 drop(lock);

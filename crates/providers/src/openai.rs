@@ -49,6 +49,52 @@ struct PendingCall {
     end: JsonEnd,
 }
 
+/// The chunk nearly every streamed token comes in: one choice, index 0, whose delta holds text
+/// (and perhaps the role) and nothing else, with no finish reason, usage or error. Read
+/// directly into these borrowed fields instead of a [`Value`] tree (a map and an allocation per
+/// key); any other chunk fails to match and takes the general path in
+/// [`Translator::on_chunk`]. Fields the general path ignores are ignored here too.
+#[derive(serde::Deserialize)]
+struct PlainChunk<'a> {
+    #[serde(borrow)]
+    choices: Vec<PlainChoice<'a>>,
+    error: Option<serde::de::IgnoredAny>,
+    usage: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlainChoice<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    delta: PlainDelta<'a>,
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainDelta<'a> {
+    /// Allowed, and ignored as the general path does.
+    #[allow(dead_code)]
+    role: Option<serde::de::IgnoredAny>,
+    #[serde(borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    refusal: Option<serde::de::IgnoredAny>,
+}
+
+/// `Some(text)` when `data` is a [`PlainChunk`] (`text` is `None` for a delta with no
+/// content); `None` when the general path must read it.
+fn plain_text(data: &str) -> Option<Option<std::borrow::Cow<'_, str>>> {
+    let chunk: PlainChunk<'_> = serde_json::from_str(data).ok()?;
+    if chunk.error.is_some() || chunk.usage.is_some() {
+        return None;
+    }
+    let [choice] = <[PlainChoice<'_>; 1]>::try_from(chunk.choices).ok()?;
+    let plain = choice.index.unwrap_or(0) == 0
+        && choice.finish_reason.is_none()
+        && choice.delta.refusal.is_none();
+    plain.then_some(choice.delta.content)
+}
+
 impl Translator {
     pub(crate) fn on_event(
         &mut self,
@@ -64,6 +110,12 @@ impl Translator {
             return Ok(None);
         }
         let error_event = ev.event.as_deref() == Some("error");
+        if !error_event && let Some(text) = plain_text(data) {
+            if let Some(text) = text {
+                sink.text(&text);
+            }
+            return Ok(None);
+        }
         let v = match parse_json(data, NAME) {
             Ok(v) => v,
             // An error event whose payload is not JSON is still an error, not a format problem.
@@ -275,5 +327,64 @@ fn convert_usage(u: &Value) -> Usage {
         reasoning_tokens: n(completion_details.and_then(|d| d.get("reasoning_tokens"))),
         cache_read_tokens: n(prompt_details.and_then(|d| d.get("cached_tokens"))),
         cache_write_tokens: n(prompt_details.and_then(|d| d.get("cache_write_tokens"))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use polydev_protocol::Event;
+
+    /// What the general path makes of one chunk: its events, and whether it changed anything
+    /// else (a finish reason, usage, a refusal).
+    fn general(data: &str) -> (Vec<Event>, bool) {
+        let mut t = Translator::default();
+        let (mut out, mut has_output) = (Vec::new(), false);
+        let v: Value = serde_json::from_str(data).unwrap();
+        t.on_chunk(&v, false, &mut Sink::new(&mut out, &mut has_output))
+            .unwrap();
+        let other = t.finish.is_some() || t.usage.is_some() || t.refused;
+        (out, other)
+    }
+
+    #[test]
+    fn the_plain_text_path_agrees_with_the_general_one() {
+        let chunks = [
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"content":"no index \" \u00e9"}}],"obfuscation":"x","usage":null}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":null,"refusal":null}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{}}],"error":null}"#,
+            r#"{"choices":[{"index":1,"delta":{"content":"other choice"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"refusal":"no"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"think","content":"a"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"usage":{"prompt_tokens":1}}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"error":{"message":"boom"}}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":5}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
+            r#"{"error":"plain"}"#,
+            r#"[1,2]"#,
+        ];
+        for data in chunks {
+            // Where the fast path declines, the general path reads the chunk: nothing to compare.
+            if let Some(text) = plain_text(data) {
+                let text: Vec<Event> = text
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Event::Text {
+                        text: t.into_owned(),
+                    })
+                    .into_iter()
+                    .collect();
+                assert_eq!(general(data), (text, false), "{data}");
+            }
+        }
+        // The chunk the emulator and OpenAI send for every token takes the fast path.
+        assert!(chunks[..5].iter().all(|c| plain_text(c).is_some()));
+        assert!(plain_text(chunks[6]).is_none());
     }
 }

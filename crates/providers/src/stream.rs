@@ -119,6 +119,13 @@ pub(crate) struct Sink<'a> {
     has_output: &'a mut bool,
 }
 
+impl<'a> Sink<'a> {
+    #[cfg(test)]
+    pub(crate) fn new(out: &'a mut Vec<Event>, has_output: &'a mut bool) -> Sink<'a> {
+        Sink { out, has_output }
+    }
+}
+
 impl Sink<'_> {
     pub(crate) fn text(&mut self, text: &str) {
         if !text.is_empty() {

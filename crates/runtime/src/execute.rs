@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::transport::UpstreamBody;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use polydev_protocol::{ErrorEvent, ErrorKind, Event, Job, Usage};
 use polydev_providers::{Finish, StreamParser};
 use tokio::sync::watch;
@@ -186,7 +186,7 @@ impl<W: std::io::Write> Run<'_, W> {
             _ = cancelled(cancel) => return AttemptEnd::Cancelled,
             r = tokio::time::timeout_at(head_deadline, self.transport.send(request, plan.timeouts.connect)) => r,
         };
-        let (response, connection) = match sent {
+        let response = match sent {
             Err(_) => return AttemptEnd::Failed(self.timeout_error(head_deadline, attempt_start)),
             Ok(Err(e)) => return AttemptEnd::Failed(transport_error(e)),
             Ok(Ok(r)) => r,
@@ -200,7 +200,7 @@ impl<W: std::io::Write> Run<'_, W> {
                 _ = cancelled(cancel) => return AttemptEnd::Cancelled,
                 b = read_bounded(&mut body, MAX_ERROR_BODY, Instant::now() + plan.timeouts.idle) => b,
             };
-            drop(connection);
+            drop(body);
             let key = &plan.job.credentials.api_key;
             let err =
                 polydev_providers::map_http_error(plan.job.provider, status, &headers, &bytes, key);
@@ -271,9 +271,9 @@ impl<W: std::io::Write> Run<'_, W> {
                 Err(e) => break AttemptEnd::Failed(e),
             }
         };
-        // Dropping the connection closes the upstream socket (also on cancel).
+        // Dropping the body (it owns the connection) closes the upstream socket (also on
+        // cancel).
         drop(body);
-        drop(connection);
         end
     }
 
@@ -350,7 +350,7 @@ fn transport_error(e: TransportError) -> ErrorEvent {
 }
 
 /// Reads at most `limit` bytes of a body, stopping early at the deadline.
-async fn read_bounded(body: &mut Incoming, limit: usize, deadline: Instant) -> Bytes {
+async fn read_bounded(body: &mut UpstreamBody, limit: usize, deadline: Instant) -> Bytes {
     let mut buf = Vec::new();
     while buf.len() < limit {
         match tokio::time::timeout_at(deadline, body.frame()).await {

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use polydev_protocol::Job;
 use zeroize::Zeroizing;
 
@@ -232,13 +231,12 @@ pub async fn next_job(
             .body(Bytes::new())
             .map_err(|e| PullError::BadJob(e.to_string()))?;
         let attempt = async {
-            let (resp, conn) = transport
+            let resp = transport
                 .send(req, connect_timeout)
                 .await
                 .map_err(|e| e.to_string())?;
             let status = resp.status();
-            let body = read_limited(resp.into_body(), MAX_JOB_LINE_BYTES).await?;
-            drop(conn);
+            let body = resp.into_body().read_all(MAX_JOB_LINE_BYTES).await?;
             Ok::<_, String>((status, body))
         };
         let outcome = tokio::select! {
@@ -287,20 +285,6 @@ pub async fn next_job(
         }
         backoff = (backoff * 2).min(POLL_BACKOFF_MAX);
     }
-}
-
-async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(format!("response larger than {limit} bytes"));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf)
 }
 
 #[cfg(test)]

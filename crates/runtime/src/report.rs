@@ -21,7 +21,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use polydev_protocol::report::{EVENT_OFFSET_HEADER, ReportPosition};
 use polydev_protocol::{ErrorEvent, ErrorKind, Event};
@@ -609,14 +608,13 @@ impl Reporter {
             .body(Bytes::new())
             .map_err(|e| Failure::Refused(e.to_string()))?;
         let exchange = async {
-            let (resp, conn) = self
+            let resp = self
                 .transport
                 .send(req, self.connect_timeout)
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?;
             let status = resp.status();
-            let body = read_answer(resp.into_body()).await;
-            drop(conn);
+            let body = resp.into_body().read_all(MAX_ANSWER_BYTES).await;
             Ok::<_, Failure>((status, body))
         };
         let (status, body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -712,20 +710,6 @@ fn classify(status: http::StatusCode, code: u16) -> Failure {
         c if (500..600).contains(&c) => Failure::Transient(format!("HTTP {status}")),
         _ => Failure::Refused(format!("the controller answered HTTP {status}")),
     }
-}
-
-async fn read_answer(mut body: hyper::body::Incoming) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_ANSWER_BYTES {
-                return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -2,12 +2,20 @@
 //! with bundled webpki roots plus `EXTRA_CA_CERTS`, and hyper's client connection.
 //!
 //! No connection pool and no system trust store: the binary runs in an empty root filesystem
-//! and makes one request (or a few retries). The connection task is owned by
-//! [`Connection`]; dropping it aborts the task, which closes the upstream socket at once, so a
-//! cancel really tears the stream down.
+//! and makes one request (or a few retries).
+//!
+//! The upstream request ([`Transport::send`]) drives hyper's connection inside its response
+//! body ([`UpstreamBody`]): reading a frame polls the connection first, in the same task, so a
+//! streamed token costs no wake-up of a second task. Dropping the body closes the upstream
+//! socket at once, so a cancel really tears the stream down. A request whose body streams
+//! while the response is awaited ([`Transport::send_body`], the report to the controller)
+//! runs its connection as a task owned by [`Connection`]; dropping that aborts the task.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,13 +129,29 @@ impl Transport {
         &self,
         req: http::Request<Bytes>,
         connect_timeout: Duration,
-    ) -> Result<(http::Response<Incoming>, Connection), TransportError> {
+    ) -> Result<http::Response<UpstreamBody>, TransportError> {
         let (parts, body) = req.into_parts();
-        self.send_body(
-            http::Request::from_parts(parts, Full::new(body)),
-            connect_timeout,
-        )
+        let req = http::Request::from_parts(parts, Full::new(body));
+        let (req, (mut sender, conn)) = self.connect(req, connect_timeout).await?;
+        let mut conn = DrivenConnection(Some(Box::pin(async move {
+            // Errors surface to the caller through the response body.
+            let _ = conn.await;
+        })));
+        let send = sender.send_request(req);
+        tokio::pin!(send);
+        // The request is written and its response head read by the connection: drive it until
+        // the head arrives (or the connection ends, which settles the request either way).
+        let resp = std::future::poll_fn(|cx| {
+            conn.poll_drive(cx);
+            send.as_mut().poll(cx)
+        })
         .await
+        .map_err(TransportError::Http)?;
+        let (parts, body) = resp.into_parts();
+        Ok(http::Response::from_parts(
+            parts,
+            UpstreamBody { body, conn },
+        ))
     }
 
     /// Like [`Transport::send`], with any request body, for example one that streams
@@ -137,6 +161,32 @@ impl Transport {
         req: http::Request<B>,
         connect_timeout: Duration,
     ) -> Result<(http::Response<Incoming>, Connection), TransportError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (req, (mut sender, conn)) = self.connect(req, connect_timeout).await?;
+        let task = tokio::spawn(async move {
+            // Errors surface to the caller through the response body; nothing to do here.
+            let _ = conn.await;
+        });
+        let conn = Connection { task };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(TransportError::Http)?;
+        Ok((resp, conn))
+    }
+
+    /// DNS, TCP, TLS and hyper's handshake for `req`'s host, bounded by `connect_timeout`;
+    /// returns the request in origin-form with its `Host` header, ready to send, and the
+    /// connection, which the caller must drive.
+    #[allow(clippy::type_complexity)]
+    async fn connect<B>(
+        &self,
+        req: http::Request<B>,
+        connect_timeout: Duration,
+    ) -> Result<(http::Request<B>, (Sender<B>, Conn)), TransportError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -163,7 +213,7 @@ impl Transport {
             .map(|a| a.as_str().to_owned())
             .unwrap_or_else(|| host.clone());
 
-        let (mut sender, task) =
+        let handshaken =
             tokio::time::timeout(connect_timeout, async {
                 let tcp = connect_tcp(&host, port).await?;
                 if https {
@@ -195,19 +245,16 @@ impl Transport {
         let host_value = http::HeaderValue::from_str(&authority)
             .map_err(|_| TransportError::InvalidUrl("bad host".into()))?;
         parts.headers.insert(http::header::HOST, host_value);
-        let req = http::Request::from_parts(parts, body);
-        let conn = Connection { task };
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(TransportError::Http)?;
-        Ok((resp, conn))
+        Ok((http::Request::from_parts(parts, body), handshaken))
     }
 }
 
 type Sender<B> = hyper::client::conn::http1::SendRequest<B>;
 
-async fn handshake<IO, B>(io: IO) -> Result<(Sender<B>, JoinHandle<()>), TransportError>
+/// hyper's connection future over plain TCP or TLS, boxed: the caller drives it.
+type Conn = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+
+async fn handshake<IO, B>(io: IO) -> Result<(Sender<B>, Conn), TransportError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -216,11 +263,66 @@ where
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(TransportError::Http)?;
-    let task = tokio::spawn(async move {
-        // Errors surface to the caller through the response body; nothing to do here.
-        let _ = conn.await;
-    });
-    Ok((sender, task))
+    Ok((sender, Box::pin(conn)))
+}
+
+/// A connection driven by whoever polls it, until it ends.
+struct DrivenConnection(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl DrivenConnection {
+    /// Lets the connection make progress (write the request, read the socket into the
+    /// response body); once it has ended, does nothing.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(conn) = &mut self.0
+            && conn.as_mut().poll(cx).is_ready()
+        {
+            self.0 = None;
+        }
+    }
+}
+
+/// The upstream response body with the connection that feeds it: each poll for a frame first
+/// drives the connection, in the caller's task. Dropping it closes the upstream socket.
+pub struct UpstreamBody {
+    body: Incoming,
+    conn: DrivenConnection,
+}
+
+impl UpstreamBody {
+    /// The whole body, refused once it would exceed `limit` bytes (a small answer such as a
+    /// pulled job or a handshake position).
+    pub async fn read_all(mut self, limit: usize) -> Result<Vec<u8>, String> {
+        use http_body_util::BodyExt;
+        let mut buf = Vec::new();
+        while let Some(frame) = self.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(format!("response larger than {limit} bytes"));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf)
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        this.conn.poll_drive(cx);
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
 }
 
 async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, TransportError> {

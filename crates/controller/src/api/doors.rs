@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -463,8 +463,7 @@ impl Admitted {
             t.frames(ev, &mut out);
             stream::iter(out.into_iter().map(Ok::<_, Infallible>))
         });
-        let sse = Sse::new(frames)
-            .keep_alive(KeepAlive::new().interval(keepalive).event(T::keep_alive()));
+        let sse = super::sse::with_keep_alive(frames, keepalive, T::keep_alive());
         with_execution_id(sse.into_response(), &id)
     }
 

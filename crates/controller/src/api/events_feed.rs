@@ -12,7 +12,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -57,9 +57,7 @@ pub(super) async fn events(State(c): State<Controller>) -> Result<Response, AppE
             let _held = &guard;
             Ok::<_, Infallible>(f)
         });
-    Ok(Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
-        .into_response())
+    Ok(super::sse::with_keep_alive(s, keepalive, super::sse::keep_alive_comment()).into_response())
 }
 
 pub(super) async fn stats(State(c): State<Controller>) -> Response {

@@ -12,13 +12,18 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
+use tokio::time::{Instant, Sleep};
 
 use crate::controller::StreamGuard;
-use crate::execution::{Execution, LoggedEvent};
+use crate::execution::{Execution, LoggedEvent, json_string};
 
 /// Events read from the log at a time.
 const BATCH: usize = 64;
@@ -81,11 +86,79 @@ pub fn log_stream(exec: Arc<Execution>, after: u64) -> impl Stream<Item = Logged
     })
 }
 
-fn frame(ev: &LoggedEvent, execution_id: &str) -> SseEvent {
+fn frame(ev: &LoggedEvent, execution_id_json: &str) -> SseEvent {
     SseEvent::default()
         .id(ev.seq.to_string())
         .event(ev.kind)
-        .data(ev.wire_data(execution_id))
+        .data(ev.wire_data(execution_id_json))
+}
+
+/// The comment the controller's own streams send while they wait: `: keep-alive`.
+pub(crate) fn keep_alive_comment() -> SseEvent {
+    SseEvent::default().comment("keep-alive")
+}
+
+/// `inner` with `keep_alive` sent after every `interval` without an event.
+///
+/// The timer is checked lazily: an event only records the time, and when the timer fires
+/// early (events flowed meanwhile) it is re-armed for the real due time. Resetting it on every
+/// event, as axum's own keep-alive does, would cost a timer-wheel update per streamed token.
+pub(crate) fn with_keep_alive<S>(
+    inner: S,
+    interval: Duration,
+    keep_alive: SseEvent,
+) -> Sse<KeepAliveStream<S>>
+where
+    S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+{
+    Sse::new(KeepAliveStream {
+        inner: Box::pin(inner),
+        timer: Box::pin(tokio::time::sleep(interval)),
+        interval,
+        last: Instant::now(),
+        keep_alive,
+    })
+}
+
+/// See [`with_keep_alive`].
+pub(crate) struct KeepAliveStream<S> {
+    inner: Pin<Box<S>>,
+    timer: Pin<Box<Sleep>>,
+    interval: Duration,
+    /// When the last event or keep-alive left.
+    last: Instant,
+    keep_alive: SseEvent,
+}
+
+impl<S> Stream for KeepAliveStream<S>
+where
+    S: Stream<Item = Result<SseEvent, Infallible>>,
+{
+    type Item = Result<SseEvent, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Every field is Unpin (the stream and the timer are boxed).
+        let this = self.get_mut();
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                this.last = Instant::now();
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        loop {
+            ready!(this.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            let due = this.last + this.interval;
+            if now >= due {
+                this.last = now;
+                this.timer.as_mut().reset(now + this.interval);
+                return Poll::Ready(Some(Ok(this.keep_alive.clone())));
+            }
+            this.timer.as_mut().reset(due);
+        }
+    }
 }
 
 /// One execution's SSE response.
@@ -93,14 +166,15 @@ pub fn execution_sse(
     exec: Arc<Execution>,
     after: u64,
     guard: StreamGuard,
-    keepalive: std::time::Duration,
+    keepalive: Duration,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send> {
-    let id = exec.id.clone();
+    // Escaped once per stream, not once per event.
+    let id_json = json_string(&exec.id);
     let s = log_stream(exec, after).map(move |ev| {
         let _held = &guard;
-        Ok(frame(&ev, &id))
+        Ok(frame(&ev, &id_json))
     });
-    Sse::new(s).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+    with_keep_alive(s, keepalive, keep_alive_comment())
 }
 
 /// The perspectives SSE response: every target's events, interleaved as they come, then
@@ -108,15 +182,15 @@ pub fn execution_sse(
 pub fn perspectives_sse(
     execs: Vec<Arc<Execution>>,
     guard: StreamGuard,
-    keepalive: std::time::Duration,
+    keepalive: Duration,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + Send> {
     let streams = execs.into_iter().enumerate().map(|(target, exec)| {
-        let id = exec.id.clone();
+        let id_json = json_string(&exec.id);
         log_stream(exec, 0)
             .map(move |ev| {
                 SseEvent::default()
                     .event(ev.kind)
-                    .data(ev.data_with_target(&id, target))
+                    .data(ev.data_with_target(&id_json, target))
             })
             .boxed()
     });
@@ -125,5 +199,5 @@ pub fn perspectives_sse(
         let _held = &guard;
         Ok(ev)
     });
-    Sse::new(s).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+    with_keep_alive(s, keepalive, keep_alive_comment())
 }

@@ -40,7 +40,6 @@
 
 mod pull_mode;
 mod spawner;
-mod sys;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -61,8 +60,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use crate::sys::raise_nofile_limit;
 pub use pull_mode::PullOptions;
-pub use sys::raise_nofile_limit;
 
 use super::pool::{
     DeathNotice, PoolConfig, PoolCounters, Refill, Replenish, WarmInstance, WarmPool, WarmStarter,
@@ -152,7 +151,7 @@ impl ProcessHardening {
         if self.user.is_none() {
             return Ok(());
         }
-        if !sys::is_root() {
+        if !crate::sys::is_root() {
             return Err(BackendError::Unavailable(
                 "POLYDEV_PROCESS_USER needs a controller running as root (it starts each \
                  runtime as root and the runtime switches to that user before reading input)"
@@ -904,7 +903,7 @@ impl Supervisor {
         self.notes.push(format!("terminated ({why})"));
         // `id()` is `None` once tokio has reaped the child, so the pid cannot be reused here.
         if let Some(pid) = self.child.id()
-            && let Err(e) = sys::send_sigterm(pid)
+            && let Err(e) = crate::sys::send_sigterm(pid)
         {
             tracing::debug!(pid, error = %e, "process backend: SIGTERM failed");
         }

@@ -1316,7 +1316,7 @@ impl ReportSink {
         if line.is_empty() {
             return Ok(());
         }
-        let item = match serde_json::from_slice::<Event>(line) {
+        let item = match Event::from_line(line) {
             Ok(Event::Ready) => return Ok(()),
             Ok(event) => {
                 cursor.terminal_seen |= event.is_terminal();

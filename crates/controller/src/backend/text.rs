@@ -22,7 +22,7 @@ pub(crate) fn parse_event(line: &[u8]) -> Result<Option<Event>, ()> {
     if line.is_empty() {
         return Ok(None);
     }
-    serde_json::from_slice(line).map(Some).map_err(|_| ())
+    Event::from_line(line).map(Some).map_err(|_| ())
 }
 
 /// What one output line of a claimed runtime becomes: an event to forward, nothing (a blank

@@ -591,9 +591,9 @@ impl Adopted {
             return;
         }
         let r = if kill {
-            super::sys::send_sigkill(self.pid)
+            crate::sys::send_sigkill(self.pid)
         } else {
-            super::sys::send_sigterm(self.pid)
+            crate::sys::send_sigterm(self.pid)
         };
         if let Err(e) = r {
             tracing::debug!(pid = self.pid, error = %e, "process backend: signalling an adopted runtime failed");

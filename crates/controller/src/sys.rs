@@ -7,6 +7,8 @@
 //! - [`raise_nofile_limit`]: `getrlimit(2)` / `setrlimit(2)`, because every execution holds
 //!   three pipes plus sockets and the default soft limit (often 1024) caps concurrency.
 //! - [`is_root`]: `geteuid(2)`, to refuse the hardened process mode where it cannot work.
+//! - [`lower_thread_priority`]: `setpriority(2)` on one thread, which std cannot do, so that
+//!   the store's bookkeeping thread does not preempt the threads on a request's critical path.
 //!
 //! The crate lints `unsafe_code = "deny"` (see crates/controller/Cargo.toml); this module alone
 //! opts out, and every `unsafe` block says why it is sound.
@@ -81,4 +83,17 @@ pub fn raise_nofile_limit(target: u64) -> io::Result<u64> {
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (0..=19; only this thread, not
+/// the process). A failure is returned for the caller to log; the thread runs on unchanged.
+pub(crate) fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid(2) takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority(2) takes plain integers; on Linux PRIO_PROCESS with a thread id
+    // applies to that one thread. Raising a nice value needs no privilege.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
