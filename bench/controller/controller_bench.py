@@ -1500,7 +1500,7 @@ def main() -> int:
         fail = next((s for s in sweep if not s.get("complete")), None)
         if fail:
             headline += f" N={fail['n']:,} lost or broke something (see below)."
-    headline += " Shared machine: see the load line above."
+    headline += " How busy the machine was: see the load line above."
 
     print()
     if lat:
