@@ -363,6 +363,11 @@ mod tests {
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
+        send(app, b, body).await
+    }
+
+    /// Sends the request `b` with `body`; the status and the body as text.
+    async fn send(app: &Router, b: http::request::Builder, body: &str) -> (StatusCode, String) {
         let res = app
             .clone()
             .oneshot(b.body(Body::from(body.to_owned())).unwrap())
@@ -479,14 +484,7 @@ mod tests {
         if let Some(o) = offset {
             b = b.header(EVENT_OFFSET_HEADER, o);
         }
-        let res = app
-            .clone()
-            .oneshot(b.body(Body::from(body.to_owned())).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        send(app, b, body).await
     }
 
     #[tokio::test]

@@ -301,13 +301,9 @@ impl TokenAuthenticator {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A fresh token for `id`, valid for `ttl`; replaces (and so revokes) an earlier one.
-    pub fn issue(&self, id: &InstanceId, ttl: Duration) -> Result<RuntimeToken, PullError> {
-        let mut secret = Zeroizing::new([0u8; TOKEN_BYTES]);
-        fill_random(secret.as_mut_slice())?;
-        let secret_hex = Zeroizing::new(hex(secret.as_slice()));
-        let digest = sha256(secret_hex.as_bytes());
-        let token = RuntimeToken(Zeroizing::new(format!("{id}.{}", secret_hex.as_str())));
+    /// Accepts the token whose digest is `digest` for `id` until `ttl` from now, in place of
+    /// (and deleting the file of) any earlier one.
+    fn put(&self, id: &InstanceId, digest: [u8; 32], ttl: Duration) {
         let old = self.lock().insert(
             id.clone(),
             TokenEntry {
@@ -319,6 +315,16 @@ impl TokenAuthenticator {
         if let Some(old) = old {
             self.delete_file(old.file);
         }
+    }
+
+    /// A fresh token for `id`, valid for `ttl`; replaces (and so revokes) an earlier one.
+    pub fn issue(&self, id: &InstanceId, ttl: Duration) -> Result<RuntimeToken, PullError> {
+        let mut secret = Zeroizing::new([0u8; TOKEN_BYTES]);
+        fill_random(secret.as_mut_slice())?;
+        let secret_hex = Zeroizing::new(hex(secret.as_slice()));
+        let digest = sha256(secret_hex.as_bytes());
+        let token = RuntimeToken(Zeroizing::new(format!("{id}.{}", secret_hex.as_str())));
+        self.put(id, digest, ttl);
         Ok(token)
     }
 
@@ -372,17 +378,7 @@ impl TokenAuthenticator {
         ttl: Duration,
     ) -> Result<(), PullError> {
         let digest = unhex32(digest_hex).ok_or(PullError::InvalidDigest)?;
-        let old = self.lock().insert(
-            id.clone(),
-            TokenEntry {
-                digest,
-                expires_at: Instant::now() + ttl,
-                file: None,
-            },
-        );
-        if let Some(old) = old {
-            self.delete_file(old.file);
-        }
+        self.put(id, digest, ttl);
         Ok(())
     }
 
@@ -976,6 +972,47 @@ impl InstanceRegistry {
         slot.fetched = Some(tx);
         slot.wake.send_replace(());
         Ok(rx)
+    }
+
+    /// Waits, at most `wait`, for the claimed idle instance `id` to fetch the job
+    /// [`InstanceRegistry::assign`] gave it (`fetched`). `false` when it did not get the job:
+    /// its slot went first (it died), or it was too slow and the job was taken back (the
+    /// instance is retired; `backend` names who says so in the warning). A fetch that raced
+    /// the end of the wait counts as handed over.
+    pub async fn claimed_fetch(
+        &self,
+        id: &InstanceId,
+        fetched: oneshot::Receiver<()>,
+        wait: Duration,
+        backend: &str,
+    ) -> bool {
+        // A claimed instance is polling: the fetch is a wake-up and a response write away.
+        match tokio::time::timeout(wait, fetched).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) if self.unassign(id) => {
+                tracing::warn!(instance = %id,
+                    "{backend} backend: a claimed pull-mode instance did not fetch its job; retiring it");
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Waits, at most `wait`, for the cold instance `id` to fetch the job it was registered
+    /// with (`fetched`; `None` when there is nothing to wait for). `false` when it never did
+    /// and the job was taken back, so it was never handed out; `true` when it fetched it, or
+    /// ended before that (its output then says how).
+    pub async fn cold_fetch(
+        &self,
+        id: &InstanceId,
+        fetched: Option<oneshot::Receiver<()>>,
+        wait: Duration,
+    ) -> bool {
+        let Some(fetched) = fetched else {
+            return true;
+        };
+        tokio::time::timeout(wait, fetched).await.is_ok() || !self.unassign(id)
     }
 
     /// Takes back a job that `id` has not fetched yet, and retires the instance (it was too

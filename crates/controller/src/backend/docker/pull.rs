@@ -541,18 +541,11 @@ impl DockerBackend {
             warm: true,
             claim_latency,
         };
-        // An idle container is polling, so this is a wake-up and a response write away.
-        let handed = match tokio::time::timeout(pull.ready_timeout, fetched).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) if pull.registry.unassign(&id) => {
-                tracing::warn!(instance = %id,
-                    "docker backend: a claimed pull-mode container did not fetch its job; retiring it");
-                false
-            }
-            Err(_) => true,
-        };
-        if !handed {
+        if !pull
+            .registry
+            .claimed_fetch(&id, fetched, pull.ready_timeout, "docker")
+            .await
+        {
             return None;
         }
         if let Some(exec) = &job.execution_id {
@@ -586,11 +579,7 @@ impl DockerBackend {
         supervisor.pull = Some(link);
         tokio::spawn(supervisor.run(Some(out_tx), Some(cancel_rx)));
         let wait = pull.ready_timeout;
-        let fetched = match fetched {
-            Some(rx) => tokio::time::timeout(wait, rx).await,
-            None => Ok(Ok(())),
-        };
-        if fetched.is_err() && pull.registry.unassign(&id) {
+        if !pull.registry.cold_fetch(&id, fetched, wait).await {
             // Never handed out; dropping `output` makes the supervisor stop the container.
             tracing::warn!(instance = %id, controller_url = %pull.url,
                 "docker backend: a pull-mode container did not fetch its job; can it reach the controller?");

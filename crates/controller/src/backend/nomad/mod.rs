@@ -350,15 +350,13 @@ impl NomadBackend {
             .ok()?;
         let fetched = self.inner.registry.assign(&idle.id, job.clone()).ok()?;
         let claim_latency = started.elapsed();
-        // A ready instance is polling: the fetch is a wake-up away.
-        match tokio::time::timeout(self.inner.cfg.start_timeout, fetched).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return None,
-            Err(_) if self.inner.registry.unassign(&idle.id) => {
-                tracing::warn!(instance = %idle.id, "nomad backend: a claimed instance did not fetch its job");
-                return None;
-            }
-            Err(_) => {}
+        if !self
+            .inner
+            .registry
+            .claimed_fetch(&idle.id, fetched, self.inner.cfg.start_timeout, "nomad")
+            .await
+        {
+            return None;
         }
         // (The ledger's lock is released before `handed` takes it again.)
         let child = self

@@ -400,19 +400,11 @@ impl ProcessBackend {
             warm: true,
             claim_latency,
         };
-        // An idle instance is polling, so this is a wake-up and a response write away. If its
-        // slot goes first (it died), it never had the job.
-        let handed = match tokio::time::timeout(pull.ready_timeout, fetched).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) if pull.registry.unassign(&id) => {
-                tracing::warn!(instance = %id,
-                    "process backend: a claimed pull-mode runtime did not fetch its job; retiring it");
-                false
-            }
-            Err(_) => true,
-        };
-        if !handed {
+        if !pull
+            .registry
+            .claimed_fetch(&id, fetched, pull.ready_timeout, "process")
+            .await
+        {
             return None;
         }
         if let Some(exec) = &job.execution_id {
@@ -445,11 +437,7 @@ impl ProcessBackend {
         supervisor.pull = Some(link);
         tokio::spawn(supervisor.run(Some(out_tx), Some(cancel_rx), None));
         let wait = pull.ready_timeout;
-        let fetched = match fetched {
-            Some(rx) => tokio::time::timeout(wait, rx).await,
-            None => Ok(Ok(())),
-        };
-        if fetched.is_err() && pull.registry.unassign(&id) {
+        if !pull.registry.cold_fetch(&id, fetched, wait).await {
             // Never handed out; dropping `output` makes the supervisor stop the runtime.
             tracing::warn!(
                 instance = %id,
