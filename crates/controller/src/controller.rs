@@ -212,18 +212,20 @@ impl Controller {
             exec.append(&exec.start_event());
             lock(&sh.registry).map.insert(id.clone(), Arc::clone(&exec));
             sh.recorded(&exec);
-            // Client-supplied strings are logged escaped (`?`), whatever validation let
-            // through: a log line is never something a client can forge.
-            tracing::info!(
-                execution_id = %id,
-                user_id = ?user,
-                provider = %job.provider,
-                model = ?exec.model,
-                "execution accepted"
-            );
+            let provider = job.provider;
             let driver =
                 crate::driver::drive(Arc::clone(&self.shared), Arc::clone(&exec), job, admission);
             sh.tracker.spawn(driver);
+            // Client-supplied strings are logged escaped (`?`), whatever validation let
+            // through: a log line is never something a client can forge. Logged after the
+            // driver is spawned: a worker that steals it need not wait for this write.
+            tracing::info!(
+                execution_id = %id,
+                user_id = ?user,
+                provider = %provider,
+                model = ?exec.model,
+                "execution accepted"
+            );
             out.push(exec);
         }
         Ok(out)

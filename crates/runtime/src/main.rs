@@ -166,7 +166,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Only DNS resolution and stdin use blocking threads.
+        // Only DNS resolution and a stdin that is not a pipe use blocking threads.
         .max_blocking_threads(2)
         .build()
     {
@@ -452,7 +452,7 @@ async fn wait_for_job_line(cancel: &mut Cancel) -> Option<Result<String, String>
     tokio::select! {
         biased;
         _ = cancel.wait_for(|c| *c) => None,
-        r = read_line(tokio::io::stdin()) => match r {
+        r = read_line(stdin_reader()) => match r {
             Ok(None) => None,
             Ok(Some(line)) => Some(Ok(line)),
             Err(e) => Some(Err(e)),
@@ -462,7 +462,7 @@ async fn wait_for_job_line(cancel: &mut Cancel) -> Option<Result<String, String>
 
 async fn read_job_source(src: &str) -> Result<String, String> {
     let line = if src == "-" {
-        read_line(tokio::io::stdin()).await?
+        read_line(stdin_reader()).await?
     } else {
         let file = tokio::fs::File::open(src)
             .await
@@ -470,6 +470,24 @@ async fn read_job_source(src: &str) -> Result<String, String> {
         read_line(file).await?
     };
     line.ok_or_else(|| "no job: stdin ended before a job line".to_owned())
+}
+
+/// Stdin as an async reader. A pipe (how the controller, and most callers, hand a job over)
+/// is read by the runtime's own event loop; anything else (a file, a terminal) by tokio's
+/// stdin, which reads on a blocking thread. The pipe spares that thread: creating it while the
+/// runtime warms up, its stack and heap arena, and, on the job's critical path, the hop from
+/// it back to the event loop when the job line arrives.
+fn stdin_reader() -> Box<dyn tokio::io::AsyncRead + Unpin> {
+    use std::os::fd::AsFd;
+    // A duplicate of fd 0: dropping the reader closes the duplicate, never stdin itself.
+    match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
+    {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdin()),
+    }
 }
 
 /// Reads one line (bounded); `Ok(None)` at EOF with nothing read.
