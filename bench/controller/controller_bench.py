@@ -554,6 +554,31 @@ def phase_latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# Phase 4 (run after the sweep): the per-token floor of this machine
+
+
+def phase_floor(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """CPU per paced token of processes that only copy the stream (a blocking reader, a tokio
+    reader) beside the runtime's own, the same N, emulator and pacing as the sweep's base step
+    (loadgen `floor`, floor.rs)."""
+    emu = Emulator(args.emulator, tmp / "emu-floor.log", [])
+    try:
+        print(f"bench: floor: {args.floor_n} streams per variant (blocking reader, tokio reader, runtime), "
+              f"{args.floor_secs} s window each", flush=True)
+        out = run_loadgen(args, [
+            "floor", "--emu", emu.base, "--runtime", args.runtime, "--n", str(args.floor_n),
+            "--secs", str(args.floor_secs), "--rate", str(args.stream_rate),
+        ], tmp / "loadgen-floor.log", timeout=3 * (args.floor_secs + 30) + 60)
+    finally:
+        emu.stop()
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    short = [r for r in rows if r["streaming"] < r["n"]]
+    if len(rows) != 3 or short:
+        raise BenchError(f"floor: expected 3 variants with every stream flowing, got {rows}")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
 # Phase 3: concurrency sweep
 
 
@@ -795,7 +820,8 @@ def cell(d: dict[str, float], key: str = "p50") -> str:
     return fmt(d[key])
 
 
-def targets(lat: dict[str, Any] | None, sweep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(lat: dict[str, Any] | None, sweep: list[dict[str, Any]],
+            floor: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     out = []
     if lat:
         fb = lat["first_byte_ms"]["ctl_warm"]
@@ -826,10 +852,13 @@ def targets(lat: dict[str, Any] | None, sweep: list[dict[str, Any]]) -> list[dic
         base = next((s for s in sweep if s.get("cpu_window")), None)
         if base:
             c = base["cpu_window"]
+            fl = {r["variant"]: r["us_per_token"] for r in floor or []}
             out.append({
                 "target": f"CPU per streamed token (runtime + controller, paced) at most {TARGET_US_PER_TOKEN:g} µs (issue 13)",
                 "measured": (f"{fmt(c['total_us_per_token'])} µs at N={base['n']:,} ({fmt(c['runtime_us_per_token'])} "
-                             f"runtime, {fmt(c['ctl_us_per_token'])} controller)"),
+                             f"runtime, {fmt(c['ctl_us_per_token'])} controller)"
+                             + (f"; floor on this machine (section 4): {fmt(fl['blocking'])} µs for a process that only "
+                                f"copies the stream, {fmt(fl['tokio'])} µs with tokio" if fl else "")),
                 "pass": c["total_us_per_token"] <= TARGET_US_PER_TOKEN,
             })
         at = next((s for s in sweep if s["n"] >= TARGET_SMOOTH_STREAMS and not s.get("skipped")), None)
@@ -1303,6 +1332,26 @@ def write_markdown(path: Path, ctx: dict[str, Any]) -> None:
     else:
         a("Not run in this invocation (`--sweep ''`).")
         a("")
+    if ctx.get("floor"):
+        fl = {r["variant"]: r for r in ctx["floor"]}
+        a("## 4. The per-token floor of this machine")
+        a("")
+        a(f"CPU per paced token of {fl['blocking']['n']:,} concurrent streams ({ctx['args']['stream_rate']} tokens/s each) "
+          "read straight from the emulator, without the controller, one variant after the other "
+          "(`polydev-ctl-loadgen floor`, `bench/controller/loadgen/src/floor.rs`). The first two do nothing but "
+          "copy each chunk to a pipe: what any process that waits for a paced token costs on this machine.")
+        a("")
+        a("| process | what it does per token | CPU per token (µs) |")
+        a("|---|---|---:|")
+        a(f"| blocking reader | `read` on the socket, `write` to the pipe | {fmt(fl['blocking']['us_per_token'])} |")
+        a(f"| tokio reader | `epoll_wait`, `read`, `write`, one idle timer | {fmt(fl['tokio']['us_per_token'])} |")
+        a(f"| `polydev-runtime` | the above, plus HTTP chunked decoding, SSE and JSON parsing, one event line "
+          f"| {fmt(fl['runtime']['us_per_token'])} |")
+        a("")
+        a(f"The issue 13 target of {TARGET_US_PER_TOKEN:g} µs per token is for the runtime and the controller "
+          "together; a process that only copies the stream already costs about that with an event loop, and "
+          "the controller is a second process woken for every token.")
+        a("")
     if ctx.get("notes"):
         a(ctx["notes"].rstrip())
         a("")
@@ -1354,6 +1403,9 @@ def main() -> int:
     ap.add_argument("--rig-nice", type=int, default=-10,
                     help="nice value of the emulator and the load client in the sweep (0: leave them alone)")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--floor-n", type=int, default=100,
+                    help="streams per variant in the per-token floor phase (0 to skip)")
+    ap.add_argument("--floor-secs", type=int, default=20, help="CPU sampling window of each floor variant")
     ap.add_argument("--out", default=str(root / "docs/benchmarks-controller.md"), help="Markdown report ('' to skip)")
     ap.add_argument("--json", default=str(root / "bench/controller/results/latest.json"))
     ap.add_argument("--plot", default=str(root / "bench/controller/results/sweep.png"))
@@ -1403,6 +1455,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="polydev-ctl-bench-"))
     lat = None
     sweep: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
     keep_tmp = False
     try:
         if not args.skip_latency:
@@ -1428,6 +1481,10 @@ def main() -> int:
             if not step["complete"]:
                 keep_tmp = True
                 break
+        if args.floor_n > 0:
+            floor = phase_floor(args, tmp)
+            print("bench: floor: " + ", ".join(f"{r['variant']} {fmt(r['us_per_token'])} µs/token" for r in floor),
+                  flush=True)
     except BenchError as e:
         print(f"bench: FAILED: {e} (logs kept in {tmp})", file=sys.stderr)
         return 1
@@ -1468,7 +1525,7 @@ def main() -> int:
         plot_error = plot(Path(args.plot), sweep, meta)
         if plot_error is None and args.out:
             plot_rel = os.path.relpath(args.plot, Path(args.out).parent)
-    tg = targets(lat, sweep)
+    tg = targets(lat, sweep, floor)
     limit = limit_text(sweep, args)
 
     headline = "**In short:**"
@@ -1544,6 +1601,7 @@ def main() -> int:
         "targets": tg,
         "latency": lat,
         "sweep": sweep,
+        "floor": floor,
         "limit": limit,
         "plot_rel": plot_rel,
         "plot_error": plot_error,

@@ -25,8 +25,13 @@
 //! first `text` event; plus, each round, a calibration (`pipe_rtt`: one line through `cat` and
 //! back, two process wake-ups). One JSON line per measurement goes to `--out`.
 //!
+//! `floor`: the per-token CPU of processes that only copy a paced stream, beside the runtime's
+//! (floor.rs).
+//!
 //! Clocks: `*_real_us` are CLOCK_REALTIME microseconds (comparable with the emulator's recorded
 //! `time_us`); durations are from `Instant` (CLOCK_MONOTONIC).
+
+mod floor;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -1119,7 +1124,7 @@ async fn cmd_c1(f: &Flags) -> Result<(), BoxErr> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: polydev-ctl-loadgen streams|c1 --flag value ... (see the source header)");
+        eprintln!("usage: polydev-ctl-loadgen streams|c1|floor --flag value ... (see the source header)");
         std::process::exit(2);
     };
     let flags = match Flags::parse(rest) {
@@ -1129,6 +1134,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cmd == "floor-reader" {
+        // One of `floor`'s children: no runtime of the loadgen's own (floor.rs says why).
+        if let Err(e) = floor::reader(&flags) {
+            eprintln!("polydev-ctl-loadgen: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -1141,6 +1154,7 @@ fn main() {
         match cmd.as_str() {
             "streams" => cmd_streams(&flags).await,
             "c1" => cmd_c1(&flags).await,
+            "floor" => floor::cmd_floor(&flags).await,
             other => Err(format!("unknown subcommand {other:?}").into()),
         }
     });
