@@ -534,17 +534,7 @@ pub struct ProcessArgs {
     /// Process backend: open-file limit of each runtime (RLIMIT_NOFILE, at least 16).
     #[arg(long, env = "POLYDEV_PROCESS_MAX_OPEN_FILES")]
     pub process_max_open_files: Option<u64>,
-    /// Process backend: nice value of every runtime (0 to 19; 0 runs them at the controller's
-    /// priority). Above 0, a saturated machine serves the controller, which relays every
-    /// stream, before any one runtime.
-    #[arg(long, env = "POLYDEV_PROCESS_NICE", default_value_t = DEFAULT_PROCESS_NICE,
-          value_parser = clap::value_parser!(u8).range(0..=19))]
-    pub process_nice: u8,
 }
-
-/// Runtimes of the process backend run 5 nice levels below the controller by default (about a
-/// third of its CPU weight).
-pub const DEFAULT_PROCESS_NICE: u8 = 5;
 
 impl ProcessArgs {
     /// The process backend's hardening settings.
@@ -553,7 +543,6 @@ impl ProcessArgs {
             user: self.process_user,
             max_memory: self.process_max_memory,
             max_open_files: self.process_max_open_files,
-            nice: (self.process_nice > 0).then_some(self.process_nice),
         }
     }
 }

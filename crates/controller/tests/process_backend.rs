@@ -753,7 +753,6 @@ async fn hardened_runtimes_run_as_another_user_with_limits() {
         user: Some((65534, 65534)),
         max_memory: Some(1 << 30),
         max_open_files: Some(64),
-        nice: None,
     };
     let b = match ProcessBackend::new(cfg) {
         Ok(b) => b,
@@ -823,42 +822,6 @@ async fn hardened_runtimes_run_as_another_user_with_limits() {
     let out = collect(warm).await;
     assert!(matches!(out.terminal(), Event::End { .. }), "{out:#?}");
     assert_eq!(out.exit.code, Some(0), "{:?}", out.exit);
-    b.shutdown().await;
-}
-
-/// `POLYDEV_PROCESS_NICE`: every runtime, warm or cold, runs at the configured nice value (it
-/// lowers its own priority before reading its job), and still serves the job.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runtimes_run_at_the_configured_nice_value() {
-    let emu = emulator().await;
-    let mut cfg = config(&emu, 1);
-    cfg.hardening.nice = Some(7);
-    let b = backend(cfg);
-    wait_idle(&b, 1).await;
-    let nice_of = |pid: u32| -> i64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("{e}"));
-        // Field 19 (nice), counted after the command name's closing parenthesis.
-        stat.rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(16))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no nice value in {stat:?}"))
-    };
-    let own = nice_of(std::process::id());
-    let mut warm = launch(&b, job(Provider::OpenAi, LONG, "ex_nice_warm")).await;
-    assert!(warm.warm);
-    until_first_text(&mut warm).await;
-    let mut cold = launch(&b, job(Provider::Google, LONG, "ex_nice_cold")).await;
-    until_first_text(&mut cold).await;
-    let pids = b.child_pids();
-    assert!(pids.len() >= 2, "{pids:?}");
-    for pid in pids {
-        assert_eq!(nice_of(pid), (own + 7).min(19), "pid {pid}");
-    }
-    for run in [warm, cold] {
-        let out = collect(run).await;
-        assert!(matches!(out.terminal(), Event::End { .. }), "{out:#?}");
-    }
     b.shutdown().await;
 }
 

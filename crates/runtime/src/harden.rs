@@ -15,11 +15,7 @@
 //! - `RUNTIME_USER=uid:gid`: drop every supplementary group, then the group, then the user,
 //!   for real, effective and saved ids, and check that the way back is closed;
 //! - `RUNTIME_MAX_MEMORY` (bytes of address space, `RLIMIT_AS`) and `RUNTIME_MAX_OPEN_FILES`
-//!   (`RLIMIT_NOFILE`): hard limits, so a runaway runtime fails alone;
-//! - `RUNTIME_NICE` (0 to 19): a lower scheduling priority. Not a protection but the same kind
-//!   of setting, applied at the same moment for the same reason (threads created later
-//!   inherit it): the controller that relays every execution's stream should win the CPU over
-//!   any one runtime when the machine is saturated, or every stream stalls at once.
+//!   (`RLIMIT_NOFILE`): hard limits, so a runaway runtime fails alone.
 
 use std::fmt;
 
@@ -31,10 +27,6 @@ pub const RUNTIME_USER: &str = "RUNTIME_USER";
 pub const RUNTIME_MAX_MEMORY: &str = "RUNTIME_MAX_MEMORY";
 /// Open file descriptor limit.
 pub const RUNTIME_MAX_OPEN_FILES: &str = "RUNTIME_MAX_OPEN_FILES";
-/// Nice value (0 to 19) to run at.
-pub const RUNTIME_NICE: &str = "RUNTIME_NICE";
-/// The largest nice value Linux has.
-const MAX_NICE: u64 = 19;
 
 /// The smallest address-space limit accepted: the runtime maps its binary, a TLS stack and
 /// tokio's threads; below this it could not even start.
@@ -49,7 +41,6 @@ pub struct Hardening {
     pub user: Option<(u32, u32)>,
     pub max_memory: Option<u64>,
     pub max_open_files: Option<u64>,
-    pub nice: Option<u8>,
 }
 
 /// Why the runtime could not harden itself. Any of these stops it: running with less
@@ -88,23 +79,10 @@ impl Hardening {
         };
         let max_memory = parse_limit(env, RUNTIME_MAX_MEMORY, MIN_MEMORY_BYTES)?;
         let max_open_files = parse_limit(env, RUNTIME_MAX_OPEN_FILES, MIN_OPEN_FILES)?;
-        let nice = match env.var(RUNTIME_NICE) {
-            None => None,
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(0) => None,
-                Ok(n) if n <= MAX_NICE => u8::try_from(n).ok(),
-                _ => {
-                    return Err(HardenError::Config(format!(
-                        "{RUNTIME_NICE}={v:?} is not valid: a whole number from 0 to {MAX_NICE}"
-                    )));
-                }
-            },
-        };
         Ok(Hardening {
             user,
             max_memory,
             max_open_files,
-            nice,
         })
     }
 
@@ -128,11 +106,6 @@ impl Hardening {
         }
         rustix::thread::set_no_new_privs(true)
             .map_err(|e| HardenError::Sys("set no_new_privs", e.into()))?;
-        if let Some(nice) = self.nice {
-            // Raising one's own nice value needs no privilege.
-            rustix::process::setpriority_process(None, i32::from(nice))
-                .map_err(|e| HardenError::Sys("lower the scheduling priority", e.into()))?;
-        }
         if let Some((uid, gid)) = self.user {
             drop_to(uid, gid)?;
         }
@@ -146,7 +119,7 @@ impl Hardening {
             Ok(())
         } else {
             Err(HardenError::Config(
-                "RUNTIME_USER, RUNTIME_NICE and the RUNTIME_MAX_* limits need Linux".into(),
+                "RUNTIME_USER and the RUNTIME_MAX_* limits need Linux".into(),
             ))
         }
     }
@@ -223,7 +196,6 @@ mod tests {
             (RUNTIME_USER, "65534:65534"),
             (RUNTIME_MAX_MEMORY, "536870912"),
             (RUNTIME_MAX_OPEN_FILES, "256"),
-            (RUNTIME_NICE, "5"),
         ]));
         assert_eq!(
             h.ok(),
@@ -231,22 +203,8 @@ mod tests {
                 user: Some((65534, 65534)),
                 max_memory: Some(512 * 1024 * 1024),
                 max_open_files: Some(256),
-                nice: Some(5),
             })
         );
-        // 0 is the default priority: nothing to apply.
-        assert_eq!(
-            Hardening::from_env(&env(&[(RUNTIME_NICE, "0")])).ok(),
-            Some(Hardening::default())
-        );
-        for bad in ["-5", "20", "high", ""] {
-            let v: &'static str = Box::leak(bad.to_owned().into_boxed_str());
-            let e = Hardening::from_env(&env(&[(RUNTIME_NICE, v)])).err();
-            assert!(
-                matches!(&e, Some(HardenError::Config(m)) if m.contains("RUNTIME_NICE")),
-                "{bad}: {e:?}"
-            );
-        }
         for bad in ["0:0", "0:5", "5:0", "nobody", "5", "5:x", ":5", "-1:5"] {
             let v: &'static str = Box::leak(bad.to_owned().into_boxed_str());
             let e = Hardening::from_env(&env(&[(RUNTIME_USER, v)])).err();

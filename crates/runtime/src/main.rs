@@ -97,8 +97,6 @@ SETTINGS (environment, every mode):
                              (the controller's hardened process mode sets it)
     RUNTIME_MAX_MEMORY       address-space limit in bytes (RLIMIT_AS, at least 64 MiB)
     RUNTIME_MAX_OPEN_FILES   open-file limit (RLIMIT_NOFILE, at least 16)
-    RUNTIME_NICE             nice value, 0 to 19 (the controller's process backend sets it:
-                             POLYDEV_PROCESS_NICE, default 5)
                              (always: no_new_privs and no core dumps, which would hold the key)
 
 OUTPUT (ndjson): start; text, reasoning (signature/redacted blocks with empty text),

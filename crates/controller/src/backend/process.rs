@@ -133,13 +133,6 @@ pub struct ProcessHardening {
     pub max_memory: Option<u64>,
     /// Open files per runtime (`RLIMIT_NOFILE`).
     pub max_open_files: Option<u64>,
-    /// How far below the controller runtimes run (their nice value, 1 to 19;
-    /// `POLYDEV_PROCESS_NICE`). Every token of every stream passes through the controller, while
-    /// a runtime serves one: on a saturated machine a starved controller stalls every stream at
-    /// once, a starved runtime one stream for a moment. Measured at 1,000 paced streams on two
-    /// CPUs: the longest token gap fell from 521 to 332 ms with the runtimes at nice 5
-    /// (docs/benchmarks-controller.md).
-    pub nice: Option<u8>,
 }
 
 impl ProcessHardening {
@@ -175,8 +168,7 @@ impl ProcessHardening {
         Ok(())
     }
 
-    /// The runtime's variables for these settings (`RUNTIME_USER`, `RUNTIME_MAX_*`,
-    /// `RUNTIME_NICE`).
+    /// The runtime's variables for these settings (`RUNTIME_USER`, `RUNTIME_MAX_*`).
     fn runtime_env(&self) -> Vec<(String, String)> {
         let mut env = Vec::new();
         if let Some((u, g)) = self.user {
@@ -187,9 +179,6 @@ impl ProcessHardening {
         }
         if let Some(n) = self.max_open_files {
             env.push(("RUNTIME_MAX_OPEN_FILES".to_owned(), n.to_string()));
-        }
-        if let Some(n) = self.nice {
-            env.push(("RUNTIME_NICE".to_owned(), n.to_string()));
         }
         env
     }
