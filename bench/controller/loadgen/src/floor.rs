@@ -73,7 +73,9 @@ pub fn reader(f: &Flags) -> Result<(), BoxErr> {
             }
         }
         "tokio" => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 use tokio::io::AsyncWriteExt;
                 let mut s = tokio::net::TcpStream::connect(&hp).await?;
@@ -144,7 +146,15 @@ pub async fn cmd_floor(f: &Flags) -> Result<(), BoxErr> {
                 c
             } else {
                 let mut c = tokio::process::Command::new(&me);
-                c.args(["floor-reader", "--emu", &emu, "--model", &model, "--mode", variant]);
+                c.args([
+                    "floor-reader",
+                    "--emu",
+                    &emu,
+                    "--model",
+                    &model,
+                    "--mode",
+                    variant,
+                ]);
                 c
             };
             cmd.stdin(Stdio::null())
