@@ -540,6 +540,32 @@ async fn job_on_stdin_and_warm_mode() {
                 len: 20,
             },
         );
+        // The same job from a file (not a pipe: read through tokio's stdin instead of the
+        // event loop).
+        let file = std::env::temp_dir().join(format!(
+            "polydev-job-{}-{}.json",
+            std::process::id(),
+            p.as_str()
+        ));
+        std::fs::write(&file, format!("{job}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let from_file = RuntimeCommand::new(BIN)
+            .env(url_var, &url)
+            .stdin_file(&file)
+            .arg("run")
+            .arg("--job")
+            .arg("-")
+            .run()
+            .await;
+        let _ = std::fs::remove_file(&file);
+        check(
+            p,
+            "job from a file on stdin",
+            &from_file,
+            Expect::End {
+                reason: FinishReason::Stop,
+                len: 20,
+            },
+        );
         let warm = base.clone().env("WARM_POOL", "true").run().await;
         assert_eq!(warm.events.first(), Some(&Event::Ready), "{warm:#?}");
         assert!(

@@ -127,6 +127,7 @@ pub struct RuntimeCommand {
     args: Vec<String>,
     env: BTreeMap<String, String>,
     stdin: Option<String>,
+    stdin_file: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -137,6 +138,7 @@ impl RuntimeCommand {
             args: Vec::new(),
             env: BTreeMap::new(),
             stdin: None,
+            stdin_file: None,
             timeout: Duration::from_secs(30),
         }
     }
@@ -178,18 +180,32 @@ impl RuntimeCommand {
         self
     }
 
+    /// Stdin from a file instead of a pipe (what a shell's `< job.json` gives).
+    pub fn stdin_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdin_file = Some(path.into());
+        self
+    }
+
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
     }
 
-    /// Spawns the process (stdin piped, stdout/stderr captured) without waiting.
+    /// Spawns the process (stdin piped unless [`RuntimeCommand::stdin_file`], stdout/stderr
+    /// captured) without waiting.
     pub fn spawn(&self) -> tokio::process::Child {
+        let stdin = match &self.stdin_file {
+            Some(path) => match std::fs::File::open(path) {
+                Ok(f) => Stdio::from(f),
+                Err(e) => panic!("cannot open {}: {e}", path.display()),
+            },
+            None => Stdio::piped(),
+        };
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(&self.args)
             .env_clear()
             .envs(&self.env)
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
