@@ -43,9 +43,15 @@ fn request(hp: &str, model: &str) -> String {
     )
 }
 
-/// The end of the emulator's OpenAI stream.
-fn done(chunk: &[u8]) -> bool {
-    chunk.windows(6).any(|w| w == b"[DONE]")
+/// Copies one chunk read from the socket to `out`; whether the stream goes on (false at the
+/// socket's end or after the emulator's `[DONE]`).
+fn relay(out: &mut impl Write, chunk: &[u8]) -> std::io::Result<bool> {
+    if chunk.is_empty() {
+        return Ok(false);
+    }
+    out.write_all(chunk)?;
+    out.flush()?;
+    Ok(!chunk.windows(6).any(|w| w == b"[DONE]"))
 }
 
 /// `floor-reader --emu URL --model M --mode blocking|tokio`: one stream, each chunk copied to
@@ -62,12 +68,7 @@ pub fn reader(f: &Flags) -> Result<(), BoxErr> {
             let mut out = std::io::stdout().lock();
             loop {
                 let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                out.write_all(&buf[..n])?;
-                out.flush()?;
-                if done(&buf[..n]) {
+                if !relay(&mut out, &buf[..n])? {
                     return Ok(());
                 }
             }
@@ -90,12 +91,7 @@ pub fn reader(f: &Flags) -> Result<(), BoxErr> {
                         r = s.read(&mut buf) => r?,
                         () = &mut idle => return Err("idle timeout".into()),
                     };
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    out.write_all(&buf[..n])?;
-                    out.flush()?;
-                    if done(&buf[..n]) {
+                    if !relay(&mut out, &buf[..n])? {
                         return Ok(());
                     }
                 }
